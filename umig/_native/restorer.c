@@ -1,0 +1,298 @@
+/*
+ * The restorer: freestanding code that turns the resuming process into the
+ * grabbed one.  It runs from a region of its own (code, plan, stack) that
+ * Python placed where neither the resuming umig nor the image has anything,
+ * unmaps everything else, maps the image's VMAs, lets the tracing umig fill
+ * the pages (int3 stop), restores the rest of the task state and ends in
+ * rt_sigreturn with the registers Python put in the sigframe.
+ *
+ * No libc: the code it could call is about to be unmapped.  Every failure
+ * stops with UMIG_STOP_FAIL (rdi = step, rsi = -errno) for the tracer to
+ * report, then exits with 100 + step.
+ */
+
+typedef unsigned char uint8_t;
+typedef unsigned int uint32_t;
+typedef int int32_t;
+typedef unsigned long uint64_t;
+typedef long int64_t;
+
+#include "plan.h"
+#include "rsys.h"
+
+#define STR2(x) #x
+#define STR(x) STR2(x)
+
+/*
+ * The head of restorer.bin, at fixed offsets (plan.h): the entry, a
+ * `syscall; int3` gadget the tracer uses to unmap this region after the
+ * jump, and the plan ABI number for a load-time check.
+ */
+__asm__(
+    ".section .text.head,\"ax\",@progbits\n"
+    ".globl umig_entry\n"
+    "umig_entry:\n"                     /* rdi = plan */
+    "   movq 16(%rdi), %rsp\n"          /* plan->stack_top */
+    "   andq $-16, %rsp\n"
+    "   call restore_main\n"
+    "   ud2\n"
+    ".org " STR(UMIG_BLOB_GADGET_OFF) "\n"
+    "umig_gadget:\n"
+    "   syscall\n"
+    "   int3\n"
+    ".org " STR(UMIG_BLOB_ABI_OFF) "\n"
+    "   .long " STR(UMIG_PLAN_ABI) "\n"
+    "   .ascii \"umig-restorer\\0\"\n"
+    ".previous\n");
+
+#define PROT_READ 1
+#define PROT_WRITE 2
+#define MAP_ANONYMOUS 0x20
+#define MAP_FIXED_NOREPLACE 0x100000
+#define O_CLOEXEC 02000000
+#define SIG_SETMASK 2
+#define SIGTRAP 5
+#define PR_SET_PDEATHSIG 1
+#define PR_SET_NAME 15
+#define PR_SET_MM 35
+#define PR_SET_MM_MAP 14
+#define PR_SET_NO_NEW_PRIVS 38
+#define PR_CAPBSET_DROP 24
+#define PR_SET_KEEPCAPS 8
+#define PR_SET_SECUREBITS 28
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_RAISE 2
+#define ARCH_SET_GS 0x1001
+#define ARCH_SET_FS 0x1002
+#define ARCH_MAP_VDSO_64 0x2003
+#define RSEQ_FLAG_UNREGISTER 1
+#define MADV_MERGEABLE 12
+#define MADV_HUGEPAGE 14
+#define MADV_NOHUGEPAGE 15
+#define MADV_DONTDUMP 16
+#define MADV_DONTFORK 10
+#define MADV_WIPEONFORK 18
+#define LINUX_CAPABILITY_VERSION_3 0x20080522
+
+/* gcc may emit calls to these for struct copies; there is no libc. */
+void *memset(void *d, int c, unsigned long n)
+{
+    unsigned char *p = d;
+    while (n--)
+        *p++ = (unsigned char)c;
+    return d;
+}
+
+void *memcpy(void *d, const void *s, unsigned long n)
+{
+    unsigned char *a = d;
+    const unsigned char *b = s;
+    while (n--)
+        *a++ = *b++;
+    return d;
+}
+
+static void stop(long why, long a, long b)
+{
+    __asm__ volatile("int3" : : "a"(why), "D"(a), "S"(b) : "memory");
+}
+
+static void __attribute__((noreturn)) fail(struct umig_plan *p, int step, long err)
+{
+    p->step = step;
+    p->err = (int32_t)err;
+    stop(UMIG_STOP_FAIL, step, err);
+    for (;;)
+        sys1(NR_exit_group, 100 + step);
+}
+
+#define CHECK(step, expr)                                                   \
+    do {                                                                    \
+        long _r = (long)(expr);                                             \
+        if (_r < 0)                                                         \
+            fail(p, step, _r);                                              \
+    } while (0)
+
+static void set_mask(uint64_t mask)
+{
+    sys4(NR_rt_sigprocmask, SIG_SETMASK, (long)&mask, 0, 8);
+}
+
+/* Install the target's fds at their numbers; close everything else but
+ * the restore-only range [aux_lo, aux_hi].  fds[] is sorted by dst and every
+ * src lies in the aux range, above every dst. */
+static void restore_fds(struct umig_plan *p)
+{
+    struct umig_fdmap *f = (struct umig_fdmap *)p->fds;
+    long next = 0;
+    for (uint32_t i = 0; i < p->nfds; i++) {
+        CHECK(UMIG_STEP_FDS, sys3(NR_dup3, f[i].src, f[i].dst, f[i].cloexec ? O_CLOEXEC : 0));
+        if (f[i].dst > next)
+            CHECK(UMIG_STEP_FDS, sys3(NR_close_range, next, f[i].dst - 1, 0));
+        next = f[i].dst + 1;
+    }
+    if (p->aux_lo > next)
+        CHECK(UMIG_STEP_FDS, sys3(NR_close_range, next, p->aux_lo - 1, 0));
+    CHECK(UMIG_STEP_FDS, sys3(NR_close_range, p->aux_hi + 1, ~0U, 0));
+}
+
+static void map_vmas(struct umig_plan *p)
+{
+    struct umig_vma *v = (struct umig_vma *)p->vmas;
+    for (uint32_t i = 0; i < p->nvmas; i++) {
+        long flags = v[i].map_flags | MAP_FIXED_NOREPLACE;
+        if (v[i].fd < 0)
+            flags |= MAP_ANONYMOUS;
+        long r = sys6(NR_mmap, v[i].start, v[i].end - v[i].start, v[i].init_prot, flags,
+                      v[i].fd, v[i].pgoff);
+        if (r < 0)
+            fail(p, UMIG_STEP_MAP, r);
+        if ((uint64_t)r != v[i].start)
+            fail(p, UMIG_STEP_MAP, -17 /* EEXIST: placed elsewhere */);
+    }
+}
+
+static void protect_vmas(struct umig_plan *p)
+{
+    static const struct {
+        uint32_t bit;
+        int advice;
+    } adv[] = {
+        {UMIG_MADV_DONTFORK, MADV_DONTFORK},   {UMIG_MADV_DONTDUMP, MADV_DONTDUMP},
+        {UMIG_MADV_WIPEONFORK, MADV_WIPEONFORK}, {UMIG_MADV_HUGEPAGE, MADV_HUGEPAGE},
+        {UMIG_MADV_NOHUGEPAGE, MADV_NOHUGEPAGE}, {UMIG_MADV_MERGEABLE, MADV_MERGEABLE},
+    };
+    struct umig_vma *v = (struct umig_vma *)p->vmas;
+    for (uint32_t i = 0; i < p->nvmas; i++) {
+        long len = v[i].end - v[i].start;
+        for (unsigned k = 0; k < sizeof(adv) / sizeof(adv[0]); k++)
+            if (v[i].madv & adv[k].bit)
+                CHECK(UMIG_STEP_MADVISE, sys3(NR_madvise, v[i].start, len, adv[k].advice));
+        if (v[i].prot != v[i].init_prot)
+            CHECK(UMIG_STEP_PROTECT, sys3(NR_mprotect, v[i].start, len, v[i].prot));
+    }
+}
+
+static void restore_creds(struct umig_plan *p)
+{
+    struct umig_creds *c = &p->creds;
+    struct {
+        uint32_t version;
+        int pid;
+    } hdr = {LINUX_CAPABILITY_VERSION_3, 0};
+    struct {
+        uint32_t effective, permitted, inheritable;
+    } data[2];
+
+    if (!c->set)
+        return;
+    for (int cap = 0; cap < 64; cap++)
+        if (!(c->cap_bnd & (1UL << cap)))
+            sys2(NR_prctl, PR_CAPBSET_DROP, cap); /* EINVAL past the last cap */
+    CHECK(UMIG_STEP_CREDS, sys2(NR_setgroups, c->ngroups, c->groups));
+    CHECK(UMIG_STEP_CREDS, sys2(NR_prctl, PR_SET_KEEPCAPS, 1));
+    CHECK(UMIG_STEP_CREDS, sys3(NR_setresgid, c->gid, c->egid, c->sgid));
+    sys1(NR_setfsgid, c->fsgid);
+    CHECK(UMIG_STEP_CREDS, sys3(NR_setresuid, c->uid, c->euid, c->suid));
+    sys1(NR_setfsuid, c->fsuid);
+    for (int i = 0; i < 2; i++) {
+        data[i].effective = c->cap_eff[i];
+        data[i].permitted = c->cap_prm[i];
+        data[i].inheritable = c->cap_inh[i];
+    }
+    CHECK(UMIG_STEP_CREDS, sys2(NR_capset, (long)&hdr, (long)data));
+    for (int cap = 0; cap < 64; cap++)
+        if (c->cap_amb & (1UL << cap))
+            CHECK(UMIG_STEP_CREDS, sys5(NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0));
+    CHECK(UMIG_STEP_CREDS, sys2(NR_prctl, PR_SET_SECUREBITS, c->securebits));
+}
+
+static void restore_task(struct umig_plan *p)
+{
+    for (int i = 0; i < 64; i++)
+        if ((p->act_set & (1UL << i)) && i + 1 != SIGTRAP)
+            CHECK(UMIG_STEP_SIGACTION, sys4(NR_rt_sigaction, i + 1, (long)&p->act[i], 0, 8));
+    for (int i = 0; i < 3; i++)
+        if (p->itimer_set & (1U << i))
+            CHECK(UMIG_STEP_ITIMER, sys3(NR_setitimer, i, (long)p->itimers[i], 0));
+    for (uint32_t i = 0; i < p->nrlimits; i++)
+        CHECK(UMIG_STEP_RLIMIT, sys4(NR_prlimit64, 0, p->rlimits[i].resource,
+                                     (long)&p->rlimits[i].cur, 0));
+    CHECK(UMIG_STEP_TASK, sys1(NR_personality, p->personality));
+    sys1(NR_umask, p->umask);
+    CHECK(UMIG_STEP_TASK, sys2(NR_prctl, PR_SET_NAME, (long)p->comm));
+    if (p->setpgid)
+        CHECK(UMIG_STEP_TASK, sys2(NR_setpgid, 0, 0));
+    if (p->robust_len)
+        CHECK(UMIG_STEP_TASK, sys2(NR_set_robust_list, p->robust_list, p->robust_len));
+    sys1(NR_set_tid_address, p->clear_child_tid);
+    if (p->no_new_privs)
+        CHECK(UMIG_STEP_TASK, sys5(NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+    if (p->rseq)
+        CHECK(UMIG_STEP_RSEQ, sys4(NR_rseq, p->rseq, p->rseq_len, 0, p->rseq_sig));
+    restore_creds(p);
+    /* after the credentials: changing them clears the parent-death signal */
+    CHECK(UMIG_STEP_TASK, sys2(NR_prctl, PR_SET_PDEATHSIG, p->pdeathsig));
+}
+
+void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
+{
+    p->step = UMIG_STEP_START;
+    /* every signal waits until rt_sigreturn installs the target's mask;
+     * SIGTRAP stays open for the int3 stops */
+    set_mask(~(1UL << (SIGTRAP - 1)));
+
+    if (p->old_rseq)
+        CHECK(UMIG_STEP_RSEQ_DROP, sys4(NR_rseq, p->old_rseq, p->old_rseq_len,
+                                        RSEQ_FLAG_UNREGISTER, p->old_rseq_sig));
+    restore_fds(p);
+    if (p->cwd_fd >= 0)
+        CHECK(UMIG_STEP_CWD, sys1(NR_fchdir, p->cwd_fd));
+
+    p->step = UMIG_STEP_UNMAP;
+    if (p->blob_start)
+        CHECK(UMIG_STEP_UNMAP, sys2(NR_munmap, 0, p->blob_start));
+    CHECK(UMIG_STEP_UNMAP, sys2(NR_munmap, p->blob_end, p->task_size - p->blob_end));
+
+    p->step = UMIG_STEP_MAP;
+    map_vmas(p);
+    if (p->vdso_addr)
+        CHECK(UMIG_STEP_VDSO, sys2(NR_arch_prctl, ARCH_MAP_VDSO_64, p->vdso_addr));
+
+    stop(UMIG_STOP_MAPPED, 0, 0);          /* the tracer writes the pages */
+
+    p->step = UMIG_STEP_PROTECT;
+    protect_vmas(p);
+    if (p->set_mm)
+        CHECK(UMIG_STEP_MM, sys5(NR_prctl, PR_SET_MM, PR_SET_MM_MAP, (long)&p->mm,
+                                 sizeof(p->mm), 0));
+    CHECK(UMIG_STEP_CLOSE, sys3(NR_close_range, p->aux_lo, p->aux_hi, 0));
+    restore_task(p);
+
+    p->step = UMIG_STEP_SIGRETURN;
+    stop(UMIG_STOP_READY, 0, 0);           /* the tracer follows us from here */
+
+    /* SIGTRAP's disposition only now: the int3 stops would reset an ignored one */
+    if (p->act_set & (1UL << (SIGTRAP - 1)))
+        CHECK(UMIG_STEP_SIGACTION, sys4(NR_rt_sigaction, SIGTRAP, (long)&p->act[SIGTRAP - 1], 0, 8));
+    set_mask(~0UL);
+    struct umig_pending *q = (struct umig_pending *)p->pending;
+    long pid = sys0(NR_getpid), tid = sys0(NR_gettid);
+    for (uint32_t i = 0; i < p->npending; i++) {
+        if (q[i].shared)
+            CHECK(UMIG_STEP_SIGQUEUE, sys3(NR_rt_sigqueueinfo, pid, q[i].sig, (long)q[i].info));
+        else
+            CHECK(UMIG_STEP_SIGQUEUE, sys4(NR_rt_tgsigqueueinfo, pid, tid, q[i].sig, (long)q[i].info));
+    }
+    CHECK(UMIG_STEP_TLS, sys2(NR_arch_prctl, ARCH_SET_FS, p->fs_base));
+    CHECK(UMIG_STEP_TLS, sys2(NR_arch_prctl, ARCH_SET_GS, p->gs_base));
+
+    __asm__ volatile("movq %0, %%rsp\n"
+                     "movl $15, %%eax\n"         /* rt_sigreturn */
+                     "syscall\n"
+                     "ud2\n"
+                     :
+                     : "r"(p->sigframe + 8)
+                     : "memory");
+    __builtin_unreachable();
+}

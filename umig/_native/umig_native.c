@@ -1,0 +1,456 @@
+/*
+ * umig's native helpers (ordinary C with libc): bulk page copy between
+ * processes, page scans, a checksum, and thin wrappers over the kernel
+ * interfaces Python has no binding for.  Python decides what to move; this
+ * file only moves it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <cpuid.h>
+
+#include "umig_native.h"
+#include "plan.h"
+
+#ifndef UMIG_VERSION
+#define UMIG_VERSION "unknown"
+#endif
+
+#define PAGE 4096UL
+#define IOV_BATCH 1024
+
+int umig_native_abi(void) { return UMIG_NATIVE_ABI; }
+int umig_plan_abi(void) { return UMIG_PLAN_ABI; }
+const char *umig_native_version(void) { return UMIG_VERSION; }
+
+/*
+ * Buffers of a few MiB are allocated and freed per page chunk (lz4's output
+ * among them).  glibc serves them with fresh mmaps by default, and the page
+ * faults on those cost more than compressing (docs/kernel-findings.md).
+ */
+void umig_tune_malloc(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+}
+
+/* ---- moving pages between processes ------------------------------------ */
+
+/* Copy [addr, addr+len) of the remote process into local, falling back to
+ * /proc/PID/mem (which also reads PROT_NONE memory) where
+ * process_vm_readv stops. */
+static int64_t read_remote(int pid, int memfd, const struct iovec *remote, unsigned n,
+                           uint8_t *local)
+{
+    uint64_t want = 0;
+    for (unsigned i = 0; i < n; i++)
+        want += remote[i].iov_len;
+    struct iovec l = {local, want};
+    ssize_t got = process_vm_readv(pid, &l, 1, remote, n, 0);
+    if (got < 0)
+        got = 0;
+    if ((uint64_t)got == want)
+        return got;
+    /* find the iovec where it stopped; pread the rest one iovec at a time */
+    uint64_t off = 0;
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t end = off + remote[i].iov_len;
+        if ((uint64_t)got < end) {
+            uint64_t done = (uint64_t)got > off ? (uint64_t)got - off : 0;
+            while (done < remote[i].iov_len) {
+                ssize_t r = pread(memfd, local + off + done, remote[i].iov_len - done,
+                                  (off_t)((uint64_t)remote[i].iov_base + done));
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r <= 0)
+                    return r < 0 ? -errno : -EIO;
+                done += r;
+            }
+            got = end;
+        }
+        off = end;
+    }
+    return want;
+}
+
+static int page_is_zero(const uint8_t *p)
+{
+    const uint64_t *q = (const uint64_t *)p;
+    uint64_t acc = 0;
+    for (unsigned i = 0; i < PAGE / 8; i += 8)
+        acc |= q[i] | q[i + 1] | q[i + 2] | q[i + 3] | q[i + 4] | q[i + 5] | q[i + 6] | q[i + 7];
+    return acc == 0;
+}
+
+static int add_run(struct umig_run *runs, uint32_t maxruns, uint32_t *nruns, uint64_t addr,
+                   uint32_t kind)
+{
+    if (*nruns) {
+        struct umig_run *last = &runs[*nruns - 1];
+        if (last->kind == kind && last->addr + last->npages * PAGE == addr) {
+            last->npages++;
+            return 0;
+        }
+    }
+    if (*nruns == maxruns)
+        return -ENOSPC;
+    runs[*nruns].addr = addr;
+    runs[*nruns].npages = 1;
+    runs[*nruns].kind = kind;
+    (*nruns)++;
+    return 0;
+}
+
+/*
+ * Read the ranges of pid into buf, then describe them as runs of data and
+ * zero pages: pages of ranges flagged UMIG_RANGE_ELIDE_ZERO that hold only
+ * zeros become zero runs and their bytes are dropped from buf.  Returns the
+ * number of data bytes left at the front of buf.
+ */
+int64_t umig_gather(int pid, int memfd, const struct umig_range *ranges, uint32_t nranges,
+                    uint8_t *buf, uint64_t buflen, struct umig_run *runs, uint32_t maxruns,
+                    uint32_t *nruns)
+{
+    struct iovec remote[IOV_BATCH];
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < nranges; i++)
+        total += ranges[i].npages * PAGE;
+    if (total > buflen)
+        return -EOVERFLOW;
+
+    uint64_t off = 0;
+    for (uint32_t i = 0; i < nranges;) {
+        unsigned n = 0;
+        uint64_t start = off;
+        for (; i < nranges && n < IOV_BATCH; i++, n++) {
+            remote[n].iov_base = (void *)ranges[i].addr;
+            remote[n].iov_len = ranges[i].npages * PAGE;
+            off += remote[n].iov_len;
+        }
+        int64_t r = read_remote(pid, memfd, remote, n, buf + start);
+        if (r < 0)
+            return r;
+    }
+
+    *nruns = 0;
+    uint64_t in = 0, out = 0;
+    for (uint32_t i = 0; i < nranges; i++) {
+        int elide = ranges[i].flags & UMIG_RANGE_ELIDE_ZERO;
+        for (uint32_t k = 0; k < ranges[i].npages; k++, in += PAGE) {
+            uint64_t addr = ranges[i].addr + k * PAGE;
+            int zero = elide && page_is_zero(buf + in);
+            int r = add_run(runs, maxruns, nruns, addr, zero ? UMIG_RUN_ZERO : UMIG_RUN_DATA);
+            if (r < 0)
+                return r;
+            if (!zero) {
+                if (out != in)
+                    memmove(buf + out, buf + in, PAGE);
+                out += PAGE;
+            }
+        }
+    }
+    return out;
+}
+
+static int64_t write_remote(int pid, int memfd, struct iovec *local, struct iovec *remote,
+                            unsigned n)
+{
+    uint64_t want = 0;
+    for (unsigned i = 0; i < n; i++)
+        want += remote[i].iov_len;
+    ssize_t got = process_vm_writev(pid, local, n, remote, n, 0);
+    if (got < 0)
+        got = 0;
+    if ((uint64_t)got == want)
+        return got;
+    uint64_t off = 0;
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t end = off + remote[i].iov_len;
+        if ((uint64_t)got < end) {
+            uint64_t done = (uint64_t)got > off ? (uint64_t)got - off : 0;
+            while (done < remote[i].iov_len) {
+                ssize_t r = pwrite(memfd, (uint8_t *)local[i].iov_base + done,
+                                   remote[i].iov_len - done,
+                                   (off_t)((uint64_t)remote[i].iov_base + done));
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r <= 0)
+                    return r < 0 ? -errno : -EIO;
+                done += r;
+            }
+            got = end;
+        }
+        off = end;
+    }
+    return want;
+}
+
+static const uint8_t zero_block[64 * 1024];
+
+/*
+ * Write a page chunk into pid: data runs take their bytes from data in
+ * order; zero runs are written as zeros only if write_zero (the page may
+ * hold older data), otherwise left to the fresh mapping.
+ */
+int64_t umig_scatter(int pid, int memfd, const struct umig_run *runs, uint32_t nruns,
+                     const uint8_t *data, uint64_t datalen, uint32_t write_zero)
+{
+    struct iovec local[IOV_BATCH], remote[IOV_BATCH];
+    unsigned n = 0;
+    uint64_t off = 0;
+    for (uint32_t i = 0; i < nruns; i++) {
+        uint64_t len = runs[i].npages * PAGE;
+        if (runs[i].kind == UMIG_RUN_DATA) {
+            if (off + len > datalen)
+                return -EOVERFLOW;
+            local[n].iov_base = (void *)(data + off);
+            local[n].iov_len = len;
+            remote[n].iov_base = (void *)runs[i].addr;
+            remote[n].iov_len = len;
+            off += len;
+            n++;
+        } else if (runs[i].kind == UMIG_RUN_ZERO) {
+            if (!write_zero)
+                continue;
+            for (uint64_t z = 0; z < len;) {
+                uint64_t piece = len - z < sizeof(zero_block) ? len - z : sizeof(zero_block);
+                if (n == IOV_BATCH) {
+                    int64_t r = write_remote(pid, memfd, local, remote, n);
+                    if (r < 0)
+                        return r;
+                    n = 0;
+                }
+                local[n].iov_base = (void *)zero_block;
+                local[n].iov_len = piece;
+                remote[n].iov_base = (void *)(runs[i].addr + z);
+                remote[n].iov_len = piece;
+                n++;
+                z += piece;
+            }
+            continue;
+        } else {
+            return -EINVAL;
+        }
+        if (n == IOV_BATCH) {
+            int64_t r = write_remote(pid, memfd, local, remote, n);
+            if (r < 0)
+                return r;
+            n = 0;
+        }
+    }
+    if (n) {
+        int64_t r = write_remote(pid, memfd, local, remote, n);
+        if (r < 0)
+            return r;
+    }
+    return off == datalen ? 0 : -EOVERFLOW;
+}
+
+/* ---- finding present pages --------------------------------------------- */
+
+/* Linux 6.7+ UAPI; Debian 12's headers predate it (KERNEL-NOTES.md). */
+struct pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+
+int64_t umig_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t anyof_mask,
+                  uint64_t return_mask, struct umig_region *out, uint64_t max,
+                  uint64_t *walk_end)
+{
+    struct pm_scan_arg a;
+    memset(&a, 0, sizeof(a));
+    a.size = sizeof(a);
+    a.start = start;
+    a.end = end;
+    a.vec = (uint64_t)out;
+    a.vec_len = max;
+    a.category_anyof_mask = anyof_mask;
+    a.return_mask = return_mask;
+    long r = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
+    *walk_end = a.walk_end;
+    return r < 0 ? -errno : r;
+}
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_SWAPPED (1ULL << 62)
+#define PM_FILE (1ULL << 61)
+#define CAT_FILE 4
+#define CAT_PRESENT 8
+#define CAT_SWAPPED 16
+
+/* The same answer as umig_scan, from /proc/PID/pagemap, for kernels
+ * without PAGEMAP_SCAN. */
+int64_t umig_scan_pagemap(int pagemap_fd, uint64_t start, uint64_t end,
+                          struct umig_region *out, uint64_t max, uint64_t *walk_end)
+{
+    uint64_t ent[512];
+    uint64_t n = 0, addr = start;
+    while (addr < end) {
+        uint64_t pages = (end - addr) / PAGE;
+        if (pages > 512)
+            pages = 512;
+        ssize_t r = pread(pagemap_fd, ent, pages * 8, (off_t)(addr / PAGE * 8));
+        if (r < 0)
+            return -errno;
+        if (r == 0)
+            break;
+        for (uint64_t k = 0; k < (uint64_t)r / 8; k++, addr += PAGE) {
+            uint64_t e = ent[k], cat = 0;
+            if (e & PM_PRESENT)
+                cat |= CAT_PRESENT;
+            if (e & PM_SWAPPED)
+                cat |= CAT_SWAPPED;
+            if (e & PM_FILE)
+                cat |= CAT_FILE;
+            if (!(cat & (CAT_PRESENT | CAT_SWAPPED)))
+                continue;
+            if (n && out[n - 1].end == addr && out[n - 1].categories == cat) {
+                out[n - 1].end += PAGE;
+                continue;
+            }
+            if (n == max) {
+                *walk_end = addr;
+                return n;
+            }
+            out[n].start = addr;
+            out[n].end = addr + PAGE;
+            out[n].categories = cat;
+            n++;
+        }
+    }
+    *walk_end = end;
+    return n;
+}
+
+/* ---- checksum ---------------------------------------------------------- */
+
+static uint32_t crc32c_table[256];
+
+static void crc32c_init_table(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78 : c >> 1;
+        crc32c_table[i] = c;
+    }
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p,
+                                                            uint64_t len)
+{
+    uint64_t c = crc;
+    while (len && ((uintptr_t)p & 7)) {
+        c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+        len--;
+    }
+    while (len >= 8) {
+        c = __builtin_ia32_crc32di(c, *(const uint64_t *)p);
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+    return (uint32_t)c;
+}
+
+uint32_t umig_crc32c(uint32_t crc, const uint8_t *buf, uint64_t len)
+{
+    static int hw = -1;
+    if (hw < 0) {
+        unsigned a, b, c, d;
+        hw = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2);
+        crc32c_init_table();
+    }
+    crc = ~crc;
+    if (hw)
+        crc = crc32c_hw(crc, buf, len);
+    else
+        while (len--)
+            crc = crc32c_table[(crc ^ *buf++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* ---- kernel interfaces without a Python binding -------------------------- */
+
+long umig_ptrace(long req, int pid, uint64_t addr, uint64_t data)
+{
+    long r = syscall(SYS_ptrace, req, pid, addr, data);
+    return r < 0 ? -errno : r;
+}
+
+long umig_syscall6(long nr, long a, long b, long c, long d, long e, long f)
+{
+    long r = syscall(nr, a, b, c, d, e, f);
+    return r < 0 ? -errno : r;
+}
+
+struct clone_args_v2 {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+    uint64_t set_tid, set_tid_size;
+};
+
+/*
+ * Start the process that becomes the resumed one: clone3 (with set_tid when
+ * set_tid > 0), and in the child: die with the parent, become a tracee,
+ * stop for the parent, then enter the restorer.  The child never returns
+ * to Python, and uses raw syscalls only: glibc's cached thread state is
+ * the parent's.
+ */
+int umig_spawn(uint64_t entry, uint64_t plan, int32_t set_tid)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t tid = set_tid;
+    pid_t parent = syscall(SYS_getpid);
+    struct clone_args_v2 args;
+    memset(&args, 0, sizeof(args));
+    args.exit_signal = SIGCHLD;
+    if (set_tid > 0) {
+        args.set_tid = (uint64_t)&tid;
+        args.set_tid_size = 1;
+    }
+    long r = syscall(SYS_clone3, &args, sizeof(args));
+    if (r != 0) {
+        int e = errno;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return r < 0 ? -e : (int)r;
+    }
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (syscall(SYS_getppid) != parent)
+        syscall(SYS_exit_group, 127);
+    if (syscall(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0) < 0)
+        syscall(SYS_exit_group, 126);
+    syscall(SYS_tgkill, syscall(SYS_getpid), syscall(SYS_gettid), SIGSTOP);
+    ((void (*)(uint64_t))entry)(plan);
+    syscall(SYS_exit_group, 125);
+    return -1;
+}
+
+uint64_t umig_xgetbv(uint32_t index)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(index));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+void umig_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *out)
+{
+    __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]);
+}
+
+uint64_t umig_vdso_base(void) { return getauxval(AT_SYSINFO_EHDR); }

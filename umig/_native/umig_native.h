@@ -1,0 +1,57 @@
+/*
+ * The helper module's interface (cffi cdef and C header): a few coarse
+ * calls that move bytes or wrap one kernel interface.  Policy stays in
+ * Python.  Every call returns a count or a negative errno.
+ */
+
+#define UMIG_NATIVE_ABI 2
+
+/* A page range to read: npages pages from addr; flags UMIG_RANGE_*. */
+struct umig_range {
+    uint64_t addr;
+    uint32_t npages;
+    uint32_t flags;
+};
+#define UMIG_RANGE_ELIDE_ZERO 1
+
+/* A run of pages in a page chunk, exactly as it is stored in the image. */
+struct umig_run {
+    uint64_t addr;
+    uint32_t npages;
+    uint32_t kind;
+};
+#define UMIG_RUN_DATA 0
+#define UMIG_RUN_ZERO 1
+
+/* = struct page_region of PAGEMAP_SCAN */
+struct umig_region {
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;
+};
+
+int umig_native_abi(void);
+int umig_plan_abi(void);
+const char *umig_native_version(void);
+void umig_tune_malloc(void);
+
+int64_t umig_gather(int pid, int memfd, const struct umig_range *ranges, uint32_t nranges,
+                    uint8_t *buf, uint64_t buflen, struct umig_run *runs, uint32_t maxruns,
+                    uint32_t *nruns);
+int64_t umig_scatter(int pid, int memfd, const struct umig_run *runs, uint32_t nruns,
+                     const uint8_t *data, uint64_t datalen, uint32_t write_zero);
+int64_t umig_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t anyof_mask,
+                  uint64_t return_mask, struct umig_region *out, uint64_t max,
+                  uint64_t *walk_end);
+int64_t umig_scan_pagemap(int pagemap_fd, uint64_t start, uint64_t end,
+                          struct umig_region *out, uint64_t max, uint64_t *walk_end);
+
+uint32_t umig_crc32c(uint32_t crc, const uint8_t *buf, uint64_t len);
+
+long umig_ptrace(long req, int pid, uint64_t addr, uint64_t data);
+long umig_syscall6(long nr, long a, long b, long c, long d, long e, long f);
+int umig_spawn(uint64_t entry, uint64_t plan, int32_t set_tid);
+
+uint64_t umig_xgetbv(uint32_t index);
+void umig_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *out);
+uint64_t umig_vdso_base(void);

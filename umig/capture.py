@@ -1,0 +1,642 @@
+"""grab: freeze a process, read everything it is, write the image, finish.
+
+The process is frozen with PTRACE_SEIZE + PTRACE_INTERRUPT (no SIGSTOP
+reaches it or its parent).  Until the image's trailer is written (and, for
+a regular file, synced) any failure thaws it exactly as it was; only then is
+it killed (or left running/stopped, if asked).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+import stat
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import lz4.block
+
+from . import __version__, cpu, fdtable, procfs, tracing
+from .errors import (AccessDenied, Interrupted, NoProcess, Refused, UmigError,
+                     from_oserror)
+from .image import schema
+from .image.stream import ImageWriter
+from .inject import Injector, find_gadget
+from .native import PAGE, ffi, lib
+
+CHUNK_PAGES = 1024                 # 4 MiB of pages per PAGES record
+PF_KTHREAD = 0x00200000
+SS_ONSTACK = 1
+
+# syscall numbers used by injection (x86_64)
+NR_rt_sigaction, NR_sigaltstack, NR_prctl, NR_brk, NR_getitimer = 13, 131, 157, 12, 36
+NR_get_robust_list = 274
+PR_GET_PDEATHSIG, PR_GET_SECUREBITS, PR_GET_TID_ADDRESS = 2, 27, 40
+
+# PAGEMAP_SCAN categories (KERNEL-NOTES.md)
+CAT_FILE, CAT_PRESENT, CAT_SWAPPED, CAT_PFNZERO = 4, 8, 16, 32
+
+VMFLAG_MADV = {"dc": lib.UMIG_MADV_DONTFORK, "dd": lib.UMIG_MADV_DONTDUMP,
+               "wf": lib.UMIG_MADV_WIPEONFORK, "hg": lib.UMIG_MADV_HUGEPAGE,
+               "nh": lib.UMIG_MADV_NOHUGEPAGE, "mg": lib.UMIG_MADV_MERGEABLE}
+
+
+@dataclass
+class GrabStats:
+    pid: int
+    frozen_s: float = 0.0
+    wall_s: float = 0.0
+    image_bytes: int = 0
+    pages: int = 0
+    data_pages: int = 0
+    vmas: int = 0
+    fds: int = 0
+    finish: str = ""
+
+
+@dataclass
+class Target:
+    """Everything read from /proc about the process before and while it is
+    frozen."""
+    pid: int
+    status: dict = field(default_factory=dict)
+    stat: list = field(default_factory=list)
+    memfd: int = -1
+    pagemapfd: int = -1
+
+
+def _refuse_early(pid: int) -> Target:
+    """The checks that need no tracing: refuse with the reason."""
+    if pid == os.getpid():
+        raise Refused(f"process {pid} is this umig; umig cannot grab itself", pid=pid)
+    if pid <= 0:
+        raise NoProcess(f"no process {pid}", pid=pid)
+    t = Target(pid)
+    t.stat = procfs.parse_stat(procfs.read(pid, "stat"))
+    t.status = procfs.parse_status(procfs.read(pid, "status"))
+    state = t.stat[2]
+    if int(t.stat[8]) & PF_KTHREAD:
+        raise Refused(f"process {pid} ({t.stat[1]}) is a kernel thread", pid=pid)
+    if state in ("Z", "X"):
+        raise Refused(f"process {pid} ({t.stat[1]}) is a zombie: it has exited and "
+                      f"waits for its parent to reap it", pid=pid)
+    threads = int(t.status.get("Threads", "1"))
+    if threads > 1:
+        raise Refused(f"process {pid} ({t.stat[1]}) has {threads} threads; umig grabs "
+                      f"single-threaded processes only so far", pid=pid)
+    tracer = int(t.status.get("TracerPid", "0"))
+    if tracer:
+        raise AccessDenied(f"process {pid} is already traced by process {tracer} "
+                           f"({_comm(tracer)})", pid=pid, hint="detach the debugger first")
+    children = _children(pid)
+    if children:
+        names = ", ".join(f"{c} ({_comm(c)})" for c in children[:5])
+        raise Refused(f"process {pid} has child processes ({names}); they would be left "
+                      f"behind", pid=pid, hint="grab a process without children")
+    seccomp = t.status.get("Seccomp", "0")
+    if seccomp != "0":
+        raise Refused(f"process {pid} runs under seccomp (mode {seccomp}), which umig "
+                      f"cannot restore yet", pid=pid)
+    return t
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        data = procfs.read(pid, f"task/{pid}/children")
+    except (OSError, UmigError):
+        return []
+    return [int(x) for x in data.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return procfs.read(pid, "comm").decode(errors="replace").strip()
+    except (OSError, UmigError):
+        return "?"
+
+
+def _why_not_traceable(pid: int, t: Target) -> AccessDenied:
+    """EPERM from PTRACE_SEIZE: find out why and say what to do."""
+    me = os.geteuid()
+    uids = [int(x) for x in t.status.get("Uid", "0 0 0 0").split()]
+    caps = int(procfs.parse_status(procfs.read(os.getpid(), "status")).get("CapEff", "0"), 16)
+    has_ptrace_cap = bool(caps >> 19 & 1)
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = int(f.read())
+    except OSError:
+        scope = 0
+    if scope == 3:
+        return AccessDenied(f"cannot trace process {pid}: Yama ptrace_scope is 3 (no "
+                            f"tracing at all until reboot)", pid=pid)
+    if not has_ptrace_cap and any(u != me for u in uids):
+        return AccessDenied(f"cannot trace process {pid}: it belongs to uid {uids[0]}"
+                            f"{' (set-uid to ' + str(uids[1]) + ')' if uids[1] != uids[0] else ''}"
+                            f" and you are uid {me}", pid=pid,
+                            hint="run umig as that user, or as root")
+    if scope == 2 and not has_ptrace_cap:
+        return AccessDenied(f"cannot trace process {pid}: Yama ptrace_scope is 2 (only "
+                            f"CAP_SYS_PTRACE may trace)", pid=pid, hint="run umig as root")
+    if scope == 1 and not has_ptrace_cap:
+        return AccessDenied(f"cannot trace process {pid}: Yama ptrace_scope is 1 (only a "
+                            f"parent may trace its descendants)", pid=pid,
+                            hint="run umig as root, or set kernel.yama.ptrace_scope=0")
+    if me == 0 and not has_ptrace_cap:
+        return AccessDenied(f"cannot trace process {pid}: umig runs without CAP_SYS_PTRACE "
+                            f"(a container?)", pid=pid,
+                            hint="grant CAP_SYS_PTRACE (docker run --cap-add SYS_PTRACE)")
+    return AccessDenied(f"cannot trace process {pid}: permission denied (it may be "
+                        f"non-dumpable, e.g. a set-uid program)", pid=pid)
+
+
+class Freezer:
+    """Seizes and interrupts the process; thaw() or kill() ends it."""
+
+    def __init__(self, t: Target):
+        self.t = t
+        self.pid = t.pid
+        self.frozen_at = 0.0
+        self.attached = False
+
+    def freeze(self) -> None:
+        pid = self.pid
+        try:
+            tracing.seize(pid)
+        except OSError as e:
+            if e.errno == 3:
+                raise NoProcess(f"process {pid} went away", pid=pid) from None
+            if e.errno == 1:
+                raise _why_not_traceable(pid, self.t) from None
+            raise from_oserror(e, f"seizing process {pid}", pid=pid) from e
+        self.attached = True
+        tracing.interrupt(pid)
+        while True:
+            st = tracing.wait(pid)
+            if st.kind == "event-stop":
+                break
+            if st.kind in ("exited", "killed"):
+                self.attached = False
+                raise NoProcess(f"process {pid} {st} while umig froze it", pid=pid)
+            # a signal arrived first: let it through, the interrupt is still pending
+            tracing.cont(pid, st.value if st.kind == "signal" else 0)
+        self.frozen_at = time.perf_counter()
+
+    def thaw(self) -> None:
+        if self.attached:
+            try:
+                tracing.detach(self.pid)
+            except OSError:
+                pass
+            self.attached = False
+
+    def leave_stopped(self) -> None:
+        tracing.detach(self.pid, signal.SIGSTOP)
+        self.attached = False
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        while True:
+            st = tracing.wait(self.pid)
+            if st.kind in ("exited", "killed"):
+                break
+        self.attached = False
+
+
+# ---------------------------------------------------------------- task state
+
+def _read_task(t: Target, inj: Injector) -> dict:
+    """Registers, signals and the per-task values only an injected syscall
+    can read."""
+    pid = t.pid
+    regs = tracing.getregs(pid)
+    out: dict = {"regs": tracing.regs_to_tuple(regs), "xsave": tracing.get_xstate(pid)}
+    out["sigmask"] = tracing.get_sigmask(pid)
+
+    actions = []
+    for sig in range(1, 65):
+        r = inj.syscall(NR_rt_sigaction, sig, 0, inj.scratch, 8)
+        if r < 0:
+            raise UmigError(f"reading the action of signal {sig} of process {pid} failed "
+                            f"({-r})", pid=pid)
+        h, fl, rest, mask = struct.unpack("<QQQQ", inj.read_scratch(32))
+        actions.append({"handler": h, "flags": fl, "restorer": rest, "mask": mask})
+    out["actions"] = actions
+
+    inj.syscall(NR_sigaltstack, 0, inj.scratch)
+    sp, flags, size = struct.unpack("<Qi4xQ", inj.read_scratch(24))
+    out["altstack"] = (sp, flags & ~SS_ONSTACK, size)
+
+    r = inj.syscall(NR_prctl, PR_GET_TID_ADDRESS, inj.scratch)
+    out["clear_child_tid"] = struct.unpack("<Q", inj.read_scratch(8))[0] if r == 0 else 0
+    r = inj.syscall(NR_prctl, PR_GET_PDEATHSIG, inj.scratch)
+    out["pdeathsig"] = struct.unpack("<i", inj.read_scratch(4))[0] if r == 0 else 0
+    r = inj.syscall(NR_prctl, PR_GET_SECUREBITS)
+    out["securebits"] = r if r >= 0 else 0
+    out["brk"] = inj.syscall(NR_brk, 0)
+
+    timers = []
+    for which in range(3):
+        r = inj.syscall(NR_getitimer, which, inj.scratch)
+        isec, iusec, vsec, vusec = struct.unpack("<QQQQ", inj.read_scratch(32))
+        if r == 0 and (vsec or vusec):
+            timers.append({"which": which, "interval_sec": isec, "interval_usec": iusec,
+                           "value_sec": vsec, "value_usec": vusec})
+    out["itimers"] = timers
+
+    pending = [{"shared": 0, "sig": _siginfo_signo(i), "info": i}
+               for i in tracing.peek_siginfo(pid, False)]
+    pending += [{"shared": 1, "sig": _siginfo_signo(i), "info": i}
+                for i in tracing.peek_siginfo(pid, True)]
+    out["pending"] = pending
+
+    rseq, rseq_len, rseq_sig, _ = tracing.rseq_config(pid)
+    out["rseq"] = (rseq, rseq_len, rseq_sig)
+    rl = ffi.new("uint64_t[2]")
+    try:
+        from .native import syscall
+        syscall(NR_get_robust_list, pid, int(ffi.cast("uint64_t", rl)),
+                int(ffi.cast("uint64_t", rl + 1)))
+        out["robust"] = (rl[0], rl[1])
+    except OSError:
+        out["robust"] = (0, 0)
+    return out
+
+
+def _siginfo_signo(info: bytes) -> int:
+    return struct.unpack_from("<i", info)[0]
+
+
+# ---------------------------------------------------------------- memory
+
+def _vma_kind(v: procfs.Vma, pid: int) -> tuple[int, int]:
+    """(kind, content) of a VMA, or Refused for what we cannot move."""
+    p = v.path
+    if p == "[heap]":
+        return schema.VMA_HEAP, schema.CONTENT_PAGES
+    if p == "[stack]":
+        return schema.VMA_STACK, schema.CONTENT_PAGES
+    if p == "[vdso]":
+        return schema.VMA_VDSO, schema.CONTENT_NONE
+    if p == "[vvar]":
+        return schema.VMA_VVAR, schema.CONTENT_NONE
+    if p == "[vvar_vclock]":
+        return schema.VMA_VVAR_VCLOCK, schema.CONTENT_NONE
+    if p.startswith("[anon:") or (p == "" and v.inode == 0):
+        return (schema.VMA_SHMEM if v.shared else schema.VMA_ANON), schema.CONTENT_PAGES
+    if p.startswith("/dev/zero") or p.startswith("[anon_shmem:"):
+        if v.shared:
+            return schema.VMA_SHMEM, schema.CONTENT_PAGES
+        return schema.VMA_ANON, schema.CONTENT_PAGES
+    if p.startswith("/SYSV"):
+        raise Refused(f"process {pid} maps System V shared memory at {v.start:#x} ({p}); "
+                      f"not supported yet", pid=pid)
+    if p.startswith("/memfd:"):
+        raise Refused(f"process {pid} maps a memfd at {v.start:#x} ({p}); not supported "
+                      f"yet", pid=pid)
+    if v.deleted:
+        raise Refused(f"process {pid} maps a deleted file at {v.start:#x} ({p}); not "
+                      f"supported yet", pid=pid, path=p)
+    if p.startswith("["):
+        raise Refused(f"process {pid} has a special mapping {p} at {v.start:#x} that umig "
+                      f"cannot move", pid=pid)
+    if "um" in v.vmflags or "uw" in v.vmflags:
+        raise Refused(f"process {pid} has userfaultfd registered on {v.start:#x}-{v.end:#x}",
+                      pid=pid)
+    return schema.VMA_FILE, schema.CONTENT_FILE
+
+
+def _vma_records(t: Target, vmas: list[procfs.Vma]) -> list[dict]:
+    out = []
+    for v in vmas:
+        if v.path == "[vsyscall]":
+            continue
+        kind, content = _vma_kind(v, t.pid)
+        rec = {"start": v.start, "end": v.end, "pgoff": v.offset, "prot": v.prot,
+               "flags": (schema.VMA_SHARED if v.shared else 0)
+               | (schema.VMA_GROWSDOWN if "gd" in v.vmflags else 0)
+               | (schema.VMA_NORESERVE if "nr" in v.vmflags else 0),
+               "kind": kind, "content": content,
+               "madv": sum(bit for flag, bit in VMFLAG_MADV.items() if flag in v.vmflags),
+               "path": v.path if kind == schema.VMA_FILE else
+               (v.path if v.path.startswith("[") else ""),
+               "dev": os.makedev(v.major, v.minor), "ino": v.inode, "file_size": 0,
+               "mtime_ns": 0, "vmflags": " ".join(sorted(v.vmflags))}
+        if kind == schema.VMA_FILE:
+            st = _stat_mapped(t.pid, v)
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                raise Refused(f"process {t.pid} maps device {v.path} at {v.start:#x}; not "
+                              f"supported", pid=t.pid, path=v.path)
+            rec["file_size"] = st.st_size
+            rec["mtime_ns"] = st.st_mtime_ns
+        out.append(rec)
+    return out
+
+
+def _stat_mapped(pid: int, v: procfs.Vma) -> os.stat_result:
+    """stat of the file behind a mapping: via map_files when we may (it is the
+    very file mapped), else by path (checked against dev/inode)."""
+    try:
+        return os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
+    except OSError:
+        pass
+    try:
+        st = os.stat(v.path)
+    except OSError as e:
+        raise Refused(f"process {pid} maps {v.path} at {v.start:#x}, which umig cannot "
+                      f"find ({e.strerror})", pid=pid, path=v.path) from None
+    if st.st_ino != v.inode:
+        raise Refused(f"process {pid} maps {v.path} at {v.start:#x}, but that path now "
+                      f"names another file (replaced on disk?)", pid=pid, path=v.path)
+    return st
+
+
+def _present_ranges(t: Target, vmas: list[dict]) -> list[tuple[int, int, int]]:
+    """(addr, npages, flags) of every page the image must carry."""
+    ranges: list[tuple[int, int, int]] = []
+    cap = 4096
+    vec = ffi.new("struct umig_region[]", cap)
+    walk_end = ffi.new("uint64_t *")
+    use_scan = True
+    for v in vmas:
+        if v["content"] == schema.CONTENT_NONE:
+            continue
+        if v["flags"] & schema.VMA_SHARED:
+            if v["kind"] == schema.VMA_SHMEM:
+                # shared anonymous memory: pages may live in the object without
+                # being mapped here; take it whole, zero pages are elided
+                ranges.append((v["start"], (v["end"] - v["start"]) // PAGE,
+                               lib.UMIG_RANGE_ELIDE_ZERO))
+            continue      # shared file mappings: the file holds the data
+        anon = v["content"] == schema.CONTENT_PAGES
+        start, end = v["start"], v["end"]
+        while start < end:
+            if use_scan:
+                n = lib.umig_scan(t.pagemapfd, start, end, CAT_PRESENT | CAT_SWAPPED,
+                                  CAT_PRESENT | CAT_SWAPPED | CAT_FILE | CAT_PFNZERO,
+                                  vec, cap, walk_end)
+                if n < 0 and not ranges and -n in (22, 25):   # EINVAL/ENOTTY: no PAGEMAP_SCAN
+                    use_scan = False
+                    continue
+            else:
+                n = lib.umig_scan_pagemap(t.pagemapfd, start, end, vec, cap, walk_end)
+            if n < 0:
+                raise from_oserror(OSError(-n, os.strerror(-n)),
+                                   f"scanning the pages of process {t.pid}", pid=t.pid)
+            for i in range(n):
+                r = vec[i]
+                cat = r.categories
+                if cat & CAT_PFNZERO:
+                    continue          # the shared zero page: reads as zeros anyway
+                if not anon and cat & CAT_FILE and not cat & CAT_SWAPPED:
+                    continue          # still the file's page: mapped from the file
+                ranges.append((r.start, (r.end - r.start) // PAGE,
+                               lib.UMIG_RANGE_ELIDE_ZERO if anon else 0))
+            start = walk_end[0] if walk_end[0] > start else end
+    return ranges
+
+
+def _chunks(ranges: list[tuple[int, int, int]]):
+    """Split ranges into lists of at most CHUNK_PAGES pages."""
+    cur: list[tuple[int, int, int]] = []
+    used = 0
+    for addr, npages, flags in ranges:
+        while npages:
+            take = min(npages, CHUNK_PAGES - used)
+            cur.append((addr, take, flags))
+            used += take
+            addr += take * PAGE
+            npages -= take
+            if used == CHUNK_PAGES:
+                yield cur
+                cur, used = [], 0
+    if cur:
+        yield cur
+
+
+class _Chunk:
+    def __init__(self):
+        self.buf = ffi.new("uint8_t[]", CHUNK_PAGES * PAGE)
+        self.runs = ffi.new("struct umig_run[]", CHUNK_PAGES)
+        self.nruns = ffi.new("uint32_t *")
+        self.ranges = ffi.new("struct umig_range[]", CHUNK_PAGES)
+
+
+def _gather(t: Target, chunk: _Chunk, ranges) -> tuple[int, int]:
+    for i, (addr, npages, flags) in enumerate(ranges):
+        chunk.ranges[i].addr = addr
+        chunk.ranges[i].npages = npages
+        chunk.ranges[i].flags = flags
+    n = lib.umig_gather(t.pid, t.memfd, chunk.ranges, len(ranges), chunk.buf,
+                        CHUNK_PAGES * PAGE, chunk.runs, CHUNK_PAGES, chunk.nruns)
+    if n < 0:
+        raise from_oserror(OSError(-n, os.strerror(-n)),
+                           f"reading the memory of process {t.pid}", pid=t.pid)
+    return n, sum(r[1] for r in ranges)
+
+
+def _write_pages(t: Target, w: ImageWriter, ranges, check: Callable[[], None]) -> int:
+    """Read, compress and write every page; reading the next chunk overlaps
+    compressing and writing this one.  Returns the number of data pages."""
+    chunks = list(_chunks(ranges))
+    if not chunks:
+        return 0
+    bufs = [_Chunk(), _Chunk()]
+    data_pages = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="umig-read") as pool:
+        fut = pool.submit(_gather, t, bufs[0], chunks[0])
+        for i in range(len(chunks)):
+            nbytes, npages = fut.result()
+            cur = bufs[i % 2]
+            if i + 1 < len(chunks):
+                fut = pool.submit(_gather, t, bufs[(i + 1) % 2], chunks[i + 1])
+            raw = ffi.buffer(cur.buf, nbytes)
+            data = lz4.block.compress(raw, store_size=False) if nbytes else b""
+            lz4_used = len(data) < nbytes
+            w.page_chunk(0, ffi.buffer(cur.runs, 16 * cur.nruns[0]), cur.nruns[0],
+                    data if lz4_used else raw, nbytes, lz4_used, npages)
+            data_pages += nbytes // PAGE
+            check()
+    return data_pages
+
+
+# ---------------------------------------------------------------- the rest
+
+def _creds(status: dict) -> dict:
+    uid = [int(x) for x in status["Uid"].split()]
+    gid = [int(x) for x in status["Gid"].split()]
+    return {"uid": uid[0], "euid": uid[1], "suid": uid[2], "fsuid": uid[3],
+            "gid": gid[0], "egid": gid[1], "sgid": gid[2], "fsgid": gid[3],
+            "groups": [{"gid": int(g)} for g in status.get("Groups", "").split()],
+            "cap_inh": int(status["CapInh"], 16), "cap_prm": int(status["CapPrm"], 16),
+            "cap_eff": int(status["CapEff"], 16), "cap_bnd": int(status["CapBnd"], 16),
+            "cap_amb": int(status.get("CapAmb", "0"), 16), "securebits": 0}
+
+
+def _vdso_record(t: Target, vmas: list[procfs.Vma]) -> dict | None:
+    by = {v.path: v for v in vmas if v.path in ("[vvar]", "[vvar_vclock]", "[vdso]")}
+    if "[vdso]" not in by:
+        return None
+    vd = by["[vdso]"]
+    vv = by.get("[vvar]")
+    vc = by.get("[vvar_vclock]")
+    image = os.pread(t.memfd, vd.size, vd.start)
+    return {"vvar_start": vv.start if vv else 0, "vvar_size": vv.size if vv else 0,
+            "vclock_start": vc.start if vc else 0, "vclock_size": vc.size if vc else 0,
+            "vdso_start": vd.start, "vdso_size": vd.size, "image": image}
+
+
+def header_record(pid: int) -> dict:
+    return {"arch": platform.machine(), "page_size": PAGE, "kernel": platform.release(),
+            "xcr0": cpu.xcr0(), "xsave_size": cpu.xsave_size(),
+            "cpu_flags": " ".join(sorted(cpu.flags())), "hostname": socket.gethostname(),
+            "time_ns": time.time_ns(), "umig_version": __version__, "pid": pid,
+            "uid": os.geteuid()}
+
+
+def _open_proc(t: Target) -> None:
+    pid = t.pid
+    for attr, name, mode in (("memfd", "mem", os.O_RDWR), ("pagemapfd", "pagemap", os.O_RDONLY)):
+        try:
+            setattr(t, attr, os.open(f"/proc/{pid}/{name}", mode | os.O_CLOEXEC))
+        except FileNotFoundError:
+            raise NoProcess(f"process {pid} went away", pid=pid) from None
+        except PermissionError:
+            raise _why_not_traceable(pid, t) from None
+
+
+def _close_proc(t: Target) -> None:
+    for fd in (t.memfd, t.pagemapfd):
+        if fd >= 0:
+            os.close(fd)
+    t.memfd = t.pagemapfd = -1
+
+
+def grab(pid: int, out_fd: int, finish: str = "kill",
+         interrupted: Callable[[], bool] = lambda: False) -> GrabStats:
+    """Write the image of process pid to out_fd; then kill it (finish="kill"),
+    thaw it ("running") or leave it stopped ("stopped")."""
+    t0 = time.perf_counter()
+    stats = GrabStats(pid)
+    t = _refuse_early(pid)
+    _open_proc(t)
+    fr = Freezer(t)
+    done = False
+
+    def check() -> None:
+        if interrupted():
+            raise Interrupted(f"interrupted: process {pid} was left running as it was",
+                              pid=pid)
+
+    try:
+        fr.freeze()
+        check()
+        # re-check what may have changed before the freeze
+        status = procfs.parse_status(procfs.read(pid, "status"))
+        if int(status.get("Threads", "1")) > 1:
+            raise Refused(f"process {pid} started a thread while umig froze it; umig grabs "
+                          f"single-threaded processes only so far", pid=pid)
+        if _children(pid):
+            raise Refused(f"process {pid} started a child process while umig froze it",
+                          pid=pid)
+        st = procfs.parse_stat(procfs.read(pid, "stat"))
+        smaps = procfs.parse_smaps(procfs.read(pid, "smaps"))
+        vmas = _vma_records(t, smaps)
+        fds = fdtable.describe_all(pid)
+        vdso = _vdso_record(t, smaps)
+        timers = procfs.read(pid, "timers").strip() if os.path.exists(
+            f"/proc/{pid}/timers") else b""
+        if timers:
+            raise Refused(f"process {pid} has POSIX timers (timer_create); not supported yet",
+                          pid=pid)
+        gadget = find_gadget(vdso["image"], vdso["vdso_start"]) if vdso else None
+        with Injector(pid, t.memfd, gadget) as inj:
+            task = _read_task(t, inj)
+        creds = _creds(status)
+        creds["securebits"] = task["securebits"]
+        check()
+
+        w = ImageWriter(out_fd)
+        w.record(schema.HEADER, header_record(pid))
+        w.record(schema.PROCESS, {
+            "pid": pid, "ppid": int(st[3]), "pgid": int(st[4]), "sid": int(st[5]),
+            "nthreads": 1, "comm": st[1],
+            "exe": _readlink(f"/proc/{pid}/exe"),
+            "cmdline": procfs.read(pid, "cmdline"),
+            "cwd": _readlink(f"/proc/{pid}/cwd"),
+            "personality": int(procfs.read(pid, "personality"), 16),
+            "umask": int(status.get("Umask", "0022"), 8),
+            "pdeathsig": task["pdeathsig"],
+            "no_new_privs": int(status.get("NoNewPrivs", "0"))})
+        w.record(schema.CREDS, creds)
+        w.record(schema.RLIMITS, {"limits": [
+            {"resource": r, "cur": s, "max": h}
+            for r, s, h in procfs.parse_limits(procfs.read(pid, "limits"))]})
+        w.record(schema.MM, {
+            "start_code": int(st[25]), "end_code": int(st[26]), "start_data": int(st[44]),
+            "end_data": int(st[45]), "start_brk": int(st[46]), "brk": task["brk"],
+            "start_stack": int(st[27]), "arg_start": int(st[47]), "arg_end": int(st[48]),
+            "env_start": int(st[49]), "env_end": int(st[50]),
+            "auxv": procfs.read(pid, "auxv"), "exe": _readlink(f"/proc/{pid}/exe")})
+        if vdso:
+            w.record(schema.VDSO, vdso)
+        for v in vmas:
+            w.record(schema.VMA, v)
+        sp, ssflags, sssize = task["altstack"]
+        w.record(schema.THREAD, {
+            "tid": pid, "regs": task["regs"], "xsave": task["xsave"],
+            "sigmask": task["sigmask"], "altstack_sp": sp, "altstack_flags": ssflags,
+            "altstack_size": sssize, "clear_child_tid": task["clear_child_tid"],
+            "robust_list": task["robust"][0], "robust_len": task["robust"][1],
+            "rseq": task["rseq"][0], "rseq_len": task["rseq"][1], "rseq_sig": task["rseq"][2],
+            "comm": st[1]})
+        w.record(schema.SIGACTIONS, {"actions": task["actions"]})
+        w.record(schema.PENDING, {"signals": task["pending"]})
+        w.record(schema.ITIMERS, {"timers": task["itimers"]})
+        for f in fds:
+            w.record(schema.FD, f)
+        ranges = _present_ranges(t, vmas)
+        stats.data_pages = _write_pages(t, w, ranges, check)
+        w.record(schema.ROUND_END, {"round": 0, "pages": w.pages,
+                                    "records": w.page_records})
+        check()
+        w.finish()
+        done = True
+        stats.pages = w.pages
+        stats.image_bytes = w.offset
+        stats.vmas = len(vmas)
+        stats.fds = len(fds)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: process {pid} was left running as it was",
+                          pid=pid) from None
+    except OSError as e:
+        if e.errno == 3:
+            raise NoProcess(f"process {pid} went away while umig grabbed it", pid=pid) from e
+        raise from_oserror(e, f"grabbing process {pid}", pid=pid) from e
+    finally:
+        if not done:
+            fr.thaw()
+        _close_proc(t)
+
+    # the image is complete (and synced): now, and only now, finish the source
+    if finish == "kill":
+        fr.kill()
+    elif finish == "stopped":
+        fr.leave_stopped()
+    else:
+        fr.thaw()
+    stats.finish = finish
+    stats.frozen_s = time.perf_counter() - fr.frozen_at
+    stats.wall_s = time.perf_counter() - t0
+    return stats
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""

@@ -1,0 +1,291 @@
+"""The image schema: every record umig writes, declared in one place.
+
+Rules (docs/image-format.md has the full text):
+
+* Tags are stable and never reused.  A retired field stays here as a comment.
+* Fields are little-endian, fixed width, in declaration order; `str` and
+  `bytes` are a u32 length and the bytes; an `array` is a u32 count and that
+  many fixed-width items; `tail` (PAGES only) is whatever is left.
+* Appending a field or adding a record kind that old readers may skip
+  (flag `optional`) does not change FORMAT_VERSION; anything else does,
+  and a reader names both versions when it refuses.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+MAGIC = b"UMIGIMG\x00"
+FORMAT_VERSION = 1
+
+_FIXED = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i32": "i", "i64": "q"}
+
+
+@dataclass(frozen=True)
+class F:
+    """A field: name, type and how `umig info` shows it."""
+    name: str
+    type: str                      # u8..i64, "u64*N", "str", "bytes", "array", "tail", "sN"
+    show: str = ""                 # hex | size | sigmask | prot | bytes | time | hidden
+    items: tuple["F", ...] = ()    # for arrays: the item's fixed-width fields
+
+
+@dataclass(frozen=True)
+class Record:
+    tag: int
+    name: str
+    fields: tuple[F, ...]
+    doc: str
+    optional: bool = False         # a reader that does not know the tag may skip it
+    _item_structs: dict = field(default_factory=dict, compare=False, repr=False)
+
+    # -- encoding --------------------------------------------------------
+    def encode(self, values: dict) -> bytes:
+        out = bytearray()
+        for f in self.fields:
+            v = values[f.name]
+            t = f.type
+            if t in _FIXED:
+                out += struct.pack("<" + _FIXED[t], v)
+            elif t.startswith("u64*"):
+                out += struct.pack(f"<{int(t[4:])}Q", *v)
+            elif t[0] == "s" and t[1:].isdigit():
+                if len(v) != int(t[1:]):
+                    raise ValueError(f"{self.name}.{f.name}: needs {t[1:]} bytes")
+                out += bytes(v)
+            elif t == "str":
+                b = v.encode("utf-8", "surrogateescape")
+                out += struct.pack("<I", len(b)) + b
+            elif t == "bytes":
+                out += struct.pack("<I", len(v)) + bytes(v)
+            elif t == "array":
+                st = self._item_struct(f)
+                out += struct.pack("<I", len(v))
+                for item in v:
+                    out += st.pack(*(item[i.name] for i in f.items))
+            elif t == "tail":
+                out += bytes(v)
+            else:  # pragma: no cover - schema typo
+                raise TypeError(f"{self.name}.{f.name}: unknown type {t}")
+        return bytes(out)
+
+    def decode(self, payload: bytes | memoryview) -> dict:
+        mv = memoryview(payload)
+        pos = 0
+        out: dict = {}
+        for f in self.fields:
+            t = f.type
+            if t in _FIXED:
+                fmt = "<" + _FIXED[t]
+                out[f.name] = struct.unpack_from(fmt, mv, pos)[0]
+                pos += struct.calcsize(fmt)
+            elif t.startswith("u64*"):
+                n = int(t[4:])
+                out[f.name] = list(struct.unpack_from(f"<{n}Q", mv, pos))
+                pos += 8 * n
+            elif t[0] == "s" and t[1:].isdigit():
+                n = int(t[1:])
+                if pos + n > len(mv):
+                    raise struct.error(f"{f.name}: {n} bytes past the end")
+                out[f.name] = bytes(mv[pos:pos + n])
+                pos += n
+            elif t in ("str", "bytes"):
+                (n,) = struct.unpack_from("<I", mv, pos)
+                pos += 4
+                if pos + n > len(mv):
+                    raise struct.error(f"{f.name}: {n} bytes past the end")
+                raw = bytes(mv[pos:pos + n])
+                out[f.name] = raw.decode("utf-8", "surrogateescape") if t == "str" else raw
+                pos += n
+            elif t == "array":
+                st = self._item_struct(f)
+                (n,) = struct.unpack_from("<I", mv, pos)
+                pos += 4
+                if pos + n * st.size > len(mv):
+                    raise struct.error(f"{f.name}: {n} items past the end")
+                names = [i.name for i in f.items]
+                out[f.name] = [dict(zip(names, vals)) for vals in st.iter_unpack(
+                    mv[pos:pos + n * st.size])]
+                pos += n * st.size
+            elif t == "tail":
+                out[f.name] = bytes(mv[pos:])
+                pos = len(mv)
+        if pos != len(mv):
+            # fields appended by a newer writer of the same version: keep them
+            out["_extra"] = bytes(mv[pos:])
+        return out
+
+    def _item_struct(self, f: F) -> struct.Struct:
+        st = self._item_structs.get(f.name)
+        if st is None:
+            fmt = "<" + "".join(_FIXED.get(i.type) or (i.type[1:] + "s") for i in f.items)
+            st = self._item_structs[f.name] = struct.Struct(fmt)
+        return st
+
+
+def _u64s(*names: str, show: str = "hex") -> tuple[F, ...]:
+    return tuple(F(n, "u64", show) for n in names)
+
+
+HEADER = Record(1, "HEADER", (
+    F("arch", "str"),
+    F("page_size", "u32"),
+    F("kernel", "str"),
+    F("xcr0", "u64", "hex"),
+    F("xsave_size", "u32"),
+    F("cpu_flags", "str", "hidden"),
+    F("hostname", "str"),
+    F("time_ns", "u64", "time"),
+    F("umig_version", "str"),
+    F("pid", "u32"),
+    F("uid", "u32"),
+), "What made the image and where: checked before anything is resumed.")
+
+PROCESS = Record(2, "PROCESS", (
+    F("pid", "u32"),
+    F("ppid", "u32"),
+    F("pgid", "u32"),
+    F("sid", "u32"),
+    F("nthreads", "u32"),
+    F("comm", "str"),
+    F("exe", "str"),
+    F("cmdline", "bytes", "bytes"),
+    F("cwd", "str"),
+    F("personality", "u32", "hex"),
+    F("umask", "u32"),
+    F("pdeathsig", "i32"),
+    F("no_new_privs", "u32"),
+), "The process as a whole.")
+
+CREDS = Record(3, "CREDS", (
+    F("uid", "u32"), F("euid", "u32"), F("suid", "u32"), F("fsuid", "u32"),
+    F("gid", "u32"), F("egid", "u32"), F("sgid", "u32"), F("fsgid", "u32"),
+    F("groups", "array", items=(F("gid", "u32"),)),
+    F("cap_inh", "u64", "hex"), F("cap_prm", "u64", "hex"), F("cap_eff", "u64", "hex"),
+    F("cap_bnd", "u64", "hex"), F("cap_amb", "u64", "hex"),
+    F("securebits", "u32", "hex"),
+), "User, groups and capabilities.")
+
+RLIMITS = Record(4, "RLIMITS", (
+    F("limits", "array", items=(F("resource", "u32"), F("cur", "u64"), F("max", "u64"))),
+), "Resource limits (from /proc/PID/limits).")
+
+MM = Record(5, "MM", (
+    *_u64s("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+           "start_stack", "arg_start", "arg_end", "env_start", "env_end"),
+    F("auxv", "bytes", "bytes"),
+    F("exe", "str"),
+), "The mm fields PR_SET_MM_MAP restores (cmdline, environ, brk, auxv, exe).")
+
+# VMA kinds
+VMA_ANON, VMA_FILE, VMA_HEAP, VMA_STACK, VMA_SHMEM, VMA_VDSO, VMA_VVAR, VMA_VVAR_VCLOCK = range(8)
+VMA_KIND_NAMES = ["anon", "file", "heap", "stack", "shmem", "vdso", "vvar", "vvar_vclock"]
+# VMA flags
+VMA_SHARED, VMA_GROWSDOWN, VMA_NORESERVE = 1, 2, 4
+# how the pages of a VMA reach the image
+CONTENT_NONE, CONTENT_PAGES, CONTENT_FILE = 0, 1, 2
+
+VMA = Record(6, "VMA", (
+    F("start", "u64", "hex"),
+    F("end", "u64", "hex"),
+    F("pgoff", "u64", "hex"),
+    F("prot", "u32", "prot"),
+    F("flags", "u32"),
+    F("kind", "u32"),
+    F("content", "u32"),
+    F("madv", "u32"),
+    F("path", "str"),
+    F("dev", "u64", "hidden"),
+    F("ino", "u64", "hidden"),
+    F("file_size", "u64", "size"),
+    F("mtime_ns", "u64", "time"),
+    F("vmflags", "str", "hidden"),
+), "One memory mapping.  Pages of content=PAGES come in PAGES records; "
+   "content=FILE maps the file (checked by size and mtime).")
+
+VDSO = Record(7, "VDSO", (
+    F("vvar_start", "u64", "hex"), F("vvar_size", "u64", "size"),
+    F("vclock_start", "u64", "hex"), F("vclock_size", "u64", "size"),
+    F("vdso_start", "u64", "hex"), F("vdso_size", "u64", "size"),
+    F("image", "bytes", "bytes"),
+), "Where the vDSO block was, and the vDSO itself (to match or redirect).")
+
+THREAD = Record(8, "THREAD", (
+    F("tid", "u32"),
+    F("regs", "u64*27", "hidden"),
+    F("xsave", "bytes", "bytes"),
+    F("sigmask", "u64", "sigmask"),
+    F("altstack_sp", "u64", "hex"),
+    F("altstack_flags", "u32"),
+    F("altstack_size", "u64", "size"),
+    F("clear_child_tid", "u64", "hex"),
+    F("robust_list", "u64", "hex"),
+    F("robust_len", "u64"),
+    F("rseq", "u64", "hex"),
+    F("rseq_len", "u32"),
+    F("rseq_sig", "u32", "hex"),
+    F("comm", "str"),
+), "One thread: registers (user_regs_struct order), XSAVE area, signal mask, "
+   "altstack, futex and rseq registrations.")
+
+SIGACTIONS = Record(9, "SIGACTIONS", (
+    F("actions", "array", items=(F("handler", "u64"), F("flags", "u64"),
+                                 F("restorer", "u64"), F("mask", "u64"))),
+), "Dispositions of signals 1..64 (kernel struct sigaction).")
+
+PENDING = Record(10, "PENDING", (
+    F("signals", "array", items=(F("shared", "u32"), F("sig", "u32"), F("info", "s128"))),
+), "Queued signals with their siginfo, process-wide (shared) and per thread.")
+
+ITIMERS = Record(11, "ITIMERS", (
+    F("timers", "array", items=(F("which", "u32"), F("interval_sec", "u64"),
+                                F("interval_usec", "u64"), F("value_sec", "u64"),
+                                F("value_usec", "u64"))),
+), "setitimer timers (ITIMER_REAL, VIRTUAL, PROF) that were armed.")
+
+FD = Record(12, "FD", (
+    F("fd", "u32"),
+    F("kind", "str"),
+    F("flags", "u32", "hex"),
+    F("cloexec", "u32"),
+    F("pos", "u64"),
+    F("path", "str"),
+    F("mode", "u32", "hex"),
+    F("dev", "u64", "hidden"),
+    F("ino", "u64", "hidden"),
+    F("rdev", "u64", "hidden"),
+    F("size", "u64", "size"),
+    F("mtime_ns", "u64", "time"),
+), "One file descriptor; `kind` names the fdtable class that re-creates it.")
+
+PAGES_FLAG_LZ4 = 1
+
+PAGES = Record(13, "PAGES", (
+    F("round", "u32"),
+    F("flags", "u32"),
+    F("raw_len", "u32", "size"),
+    F("runs", "array", items=(F("addr", "u64"), F("npages", "u32"), F("kind", "u32"))),
+    F("data", "tail", "size"),
+), "A chunk of pages: runs of data or zero pages and the data pages' bytes "
+   "(lz4 block if flags&1).  Chunks may come in any order and a page may come "
+   "again: the later record wins.")
+
+ROUND_END = Record(14, "ROUND_END", (
+    F("round", "u32"),
+    F("pages", "u64"),
+    F("records", "u32"),
+), "All pages of a round were sent.", optional=True)
+
+TRAILER = Record(15, "TRAILER", (
+    F("records", "u32"),
+    F("page_records", "u32"),
+    F("pages", "u64"),
+    F("data_bytes", "u64", "size"),
+    F("digest", "s32", "hidden"),
+), "Counts and the SHA-256 of every record's frame and checksum before it.")
+
+RECORDS: dict[int, Record] = {r.tag: r for r in (
+    HEADER, PROCESS, CREDS, RLIMITS, MM, VMA, VDSO, THREAD, SIGACTIONS, PENDING,
+    ITIMERS, FD, PAGES, ROUND_END, TRAILER)}
+BY_NAME: dict[str, Record] = {r.name: r for r in RECORDS.values()}

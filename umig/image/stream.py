@@ -1,0 +1,257 @@
+"""The image stream: framing, checksums, the trailer.  One pass, no seeks.
+
+    stream  := MAGIC(8) version(u32) reserved(u32) record* TRAILER
+    record  := tag(u16) flags(u16) length(u32) payload crc32c(u32)
+
+The crc32c covers the 8-byte frame header and the payload.  The trailer
+holds the record count and a SHA-256 over every earlier record's frame
+header and crc, so a dropped, repeated or reordered record is caught as well
+as a damaged one, without hashing the page data twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import BadImage, Incompatible, ImageIOError, from_oserror
+from ..native import ffi, lib
+from . import schema
+
+FRAME = struct.Struct("<HHI")
+CRC = struct.Struct("<I")
+PAGES_HEAD = struct.Struct("<IIII")      # round, flags, raw_len, nruns
+FLAG_OPTIONAL = 1
+MAX_RECORD = 1 << 30
+
+
+def crc32c(*parts) -> int:
+    crc = 0
+    for p in parts:
+        if len(p):
+            crc = lib.umig_crc32c(crc, ffi.from_buffer(p), len(p))
+    return crc
+
+
+class ImageWriter:
+    """Writes records to a file descriptor (file, pipe or socket)."""
+
+    def __init__(self, fd: int, what: str = "image"):
+        self.fd = fd
+        self.what = what
+        self.offset = 0
+        self.records = 0
+        self.page_records = 0
+        self.pages = 0
+        self.data_bytes = 0
+        self._digest = hashlib.sha256()
+        self._write([schema.MAGIC, struct.pack("<II", schema.FORMAT_VERSION, 0)])
+
+    def _write(self, parts: list) -> None:
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        while views:
+            try:
+                n = os.writev(self.fd, views)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise from_oserror(e, f"writing the {self.what} at byte {self.offset}",
+                                   fd=self.fd) from e
+            self.offset += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+
+    def _frame(self, tag: int, flags: int, parts: list) -> None:
+        length = sum(len(p) for p in parts)
+        head = FRAME.pack(tag, flags, length)
+        crc = CRC.pack(crc32c(head, *parts))
+        self._digest.update(head)
+        self._digest.update(crc)
+        self._write([head, *parts, crc])
+        self.records += 1
+
+    def record(self, rec: schema.Record, values: dict) -> None:
+        self._frame(rec.tag, FLAG_OPTIONAL if rec.optional else 0, [rec.encode(values)])
+
+    def page_chunk(self, round_: int, runs, nruns: int, data, raw_len: int, lz4: bool,
+              npages: int) -> None:
+        """A PAGES record from native buffers, without copying them."""
+        head = PAGES_HEAD.pack(round_, schema.PAGES_FLAG_LZ4 if lz4 else 0, raw_len, nruns)
+        # PAGES_HEAD packs round, flags, raw_len and then the array count
+        self._frame(schema.PAGES.tag, 0, [head, runs, data])
+        self.page_records += 1
+        self.pages += npages
+        self.data_bytes += len(data)
+
+    def finish(self) -> None:
+        """Write the trailer; fsync if the image is a regular file."""
+        values = {"records": self.records, "page_records": self.page_records,
+                  "pages": self.pages, "data_bytes": self.data_bytes,
+                  "digest": self._digest.digest()}
+        self._frame(schema.TRAILER.tag, 0, [schema.TRAILER.encode(values)])
+        try:
+            if stat.S_ISREG(os.fstat(self.fd).st_mode):
+                os.fsync(self.fd)
+        except OSError as e:
+            raise from_oserror(e, f"syncing the {self.what}", fd=self.fd) from e
+
+
+@dataclass
+class Frame:
+    index: int        # 0-based record number
+    offset: int       # byte offset of the frame header
+    tag: int
+    flags: int
+    payload: memoryview
+
+    @property
+    def name(self) -> str:
+        rec = schema.RECORDS.get(self.tag)
+        return rec.name if rec else f"tag {self.tag}"
+
+    def decode(self) -> dict:
+        try:
+            return schema.RECORDS[self.tag].decode(self.payload)
+        except (struct.error, UnicodeError, ValueError) as e:
+            raise BadImage(f"record {self.index} ({self.name}) at byte {self.offset} "
+                           f"is malformed: {e}", record=self.index, offset=self.offset)
+
+
+class ImageReader:
+    """Iterates the records of an image, verifying as it goes.  Iteration
+    ends after a verified trailer; anything else raises BadImage."""
+
+    def __init__(self, fd: int, what: str = "image"):
+        self.fd = fd
+        self.what = what
+        self.offset = 0
+        self.trailer: dict | None = None
+        self.version = 0
+        self._buf = bytearray()
+
+    def _read(self, n: int) -> memoryview:
+        """Exactly n bytes, or fewer at the end of the stream."""
+        out = bytearray(n)
+        view = memoryview(out)
+        got = 0
+        while got < n:
+            try:
+                k = os.readv(self.fd, [view[got:]])
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise from_oserror(e, f"reading the {self.what} at byte {self.offset + got}",
+                                   fd=self.fd) from e
+            if k == 0:
+                break
+            got += k
+        self.offset += got
+        return view[:got]
+
+    def _header(self) -> None:
+        head = self._read(16)
+        if len(head) == 0:
+            raise BadImage(f"the {self.what} is empty (0 bytes)")
+        if not (schema.MAGIC.startswith(bytes(head[:8])) if len(head) < 8
+                else bytes(head[:8]) == schema.MAGIC):
+            raise BadImage(f"not a umig image: starts with {bytes(head[:8])!r}, "
+                           f"expected {schema.MAGIC!r}")
+        if len(head) < 16:
+            raise BadImage(f"image truncated at byte {len(head)}: the stream header "
+                           f"needs 16 bytes", offset=len(head))
+        self.version = struct.unpack_from("<I", head, 8)[0]
+        if self.version != schema.FORMAT_VERSION:
+            raise Incompatible(f"image format version {self.version}, this umig reads "
+                               f"version {schema.FORMAT_VERSION}",
+                               hint="resume it with a umig of the version that made it"
+                               if self.version > schema.FORMAT_VERSION else
+                               "the image is from an older umig; re-grab the process")
+
+    def __iter__(self) -> Iterator[Frame]:
+        self._header()
+        digest = hashlib.sha256()
+        index = 0
+        while True:
+            at = self.offset
+            head = self._read(8)
+            if len(head) == 0:
+                raise BadImage(f"image truncated at byte {at}: it ends after record "
+                               f"{index - 1} without a trailer", offset=at)
+            if len(head) < 8:
+                raise BadImage(f"image truncated at byte {self.offset}: record {index} "
+                               f"header is cut short", offset=self.offset, record=index)
+            tag, flags, length = FRAME.unpack(head)
+            rec = schema.RECORDS.get(tag)
+            name = rec.name if rec else f"tag {tag}"
+            if length > MAX_RECORD:
+                raise BadImage(f"record {index} ({name}) at byte {at} claims {length} bytes: "
+                               f"the image is corrupt", record=index, offset=at)
+            body = self._read(length + 4)
+            if len(body) < length + 4:
+                raise BadImage(f"image truncated at byte {self.offset}: record {index} "
+                               f"({name}) needs {length + 4 - len(body)} more bytes",
+                               offset=self.offset, record=index)
+            payload = body[:length]
+            (crc,) = CRC.unpack_from(body, length)
+            if crc32c(head, payload) != crc:
+                raise BadImage(f"bad checksum in record {index} ({name}) at byte {at}",
+                               record=index, offset=at)
+            if rec is None and not flags & FLAG_OPTIONAL:
+                raise Incompatible(f"record {index} at byte {at} has unknown tag {tag}: "
+                                   f"the image needs a newer umig", record=index, offset=at)
+            frame = Frame(index, at, tag, flags, payload)
+            if tag == schema.TRAILER.tag:
+                self._check_trailer(frame, index, digest)
+                return
+            digest.update(head)
+            digest.update(body[length:])
+            index += 1
+            if rec is not None:
+                yield frame
+
+    def _check_trailer(self, frame: Frame, index: int, digest) -> None:
+        t = frame.decode()
+        if t["records"] != index:
+            raise BadImage(f"trailer at byte {frame.offset} counts {t['records']} records, "
+                           f"the image has {index}: records are missing or repeated",
+                           offset=frame.offset)
+        if t["digest"] != digest.digest():
+            raise BadImage(f"trailer at byte {frame.offset}: the stream digest does not "
+                           f"match; records were reordered or replaced", offset=frame.offset)
+        self.trailer = t
+        extra = self._read(1)
+        if len(extra):
+            raise BadImage(f"data after the trailer at byte {self.offset - 1}",
+                           offset=self.offset - 1)
+
+
+def decode_pages(frame: Frame) -> tuple[int, int, int, memoryview, memoryview]:
+    """(round, flags, raw_len, runs bytes, data bytes) of a PAGES record,
+    as views into the payload."""
+    p = frame.payload
+    if len(p) < PAGES_HEAD.size:
+        raise BadImage(f"record {frame.index} (PAGES) at byte {frame.offset} is too short",
+                       record=frame.index, offset=frame.offset)
+    round_, flags, raw_len, nruns = PAGES_HEAD.unpack_from(p)
+    runs_end = PAGES_HEAD.size + 16 * nruns
+    if runs_end > len(p):
+        raise BadImage(f"record {frame.index} (PAGES) at byte {frame.offset} is malformed",
+                       record=frame.index, offset=frame.offset)
+    return round_, flags, raw_len, p[PAGES_HEAD.size:runs_end], p[runs_end:]
+
+
+def open_output(path: str | None) -> int:
+    """fd to write an image to (stdout for None or '-')."""
+    if path in (None, "-"):
+        return 1
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise ImageIOError(f"cannot create {path}: {e.strerror}", path=path) from e

@@ -1,0 +1,87 @@
+"""Reading an image up to its pages: everything resume must decide on
+before it starts a process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..errors import BadImage
+from ..image import schema
+from ..image.stream import Frame, ImageReader
+
+REQUIRED = ("HEADER", "PROCESS", "CREDS", "RLIMITS", "MM", "THREAD", "SIGACTIONS",
+            "PENDING", "ITIMERS")
+
+
+@dataclass
+class Image:
+    header: dict = field(default_factory=dict)
+    process: dict = field(default_factory=dict)
+    creds: dict = field(default_factory=dict)
+    rlimits: dict = field(default_factory=dict)
+    mm: dict = field(default_factory=dict)
+    vdso: dict | None = None
+    vmas: list[dict] = field(default_factory=list)
+    thread: dict = field(default_factory=dict)
+    sigactions: dict = field(default_factory=dict)
+    pending: dict = field(default_factory=dict)
+    itimers: dict = field(default_factory=dict)
+    fds: list[dict] = field(default_factory=list)
+
+
+_SINGLE = {"HEADER": "header", "PROCESS": "process", "CREDS": "creds", "RLIMITS": "rlimits",
+           "MM": "mm", "VDSO": "vdso", "THREAD": "thread", "SIGACTIONS": "sigactions",
+           "PENDING": "pending", "ITIMERS": "itimers"}
+
+
+class Loaded:
+    """The image's state records, and the frames still to come (pages,
+    then the trailer, verified by the reader)."""
+
+    def __init__(self, reader: ImageReader):
+        self.reader = reader
+        self._frames = iter(reader)
+        self._pushed: Frame | None = None
+        self.image = self._load()
+
+    def _load(self) -> Image:
+        img = Image()
+        seen: set[str] = set()
+        for frame in self._frames:
+            name = frame.name
+            if frame.index == 0 and name != "HEADER":
+                raise BadImage(f"record 0 at byte {frame.offset} is {name}, not HEADER",
+                               record=0, offset=frame.offset)
+            if name in ("PAGES", "ROUND_END"):
+                self._pushed = frame
+                break
+            values = frame.decode()
+            if name in _SINGLE:
+                if name in seen:
+                    raise BadImage(f"record {frame.index} repeats {name}", record=frame.index)
+                seen.add(name)
+                setattr(img, _SINGLE[name], values)
+            elif name == "VMA":
+                img.vmas.append(values)
+            elif name == "FD":
+                img.fds.append(values)
+            # records of optional kinds this umig does not use are skipped
+        missing = [r for r in REQUIRED if r not in seen]
+        if missing:
+            raise BadImage(f"image has no {', '.join(missing)} record"
+                           f"{'s' if len(missing) > 1 else ''}: it is truncated or corrupt")
+        return img
+
+    def page_frames(self) -> Iterator[Frame]:
+        """The PAGES frames; returns once the trailer is verified."""
+        if self._pushed is not None:
+            frame, self._pushed = self._pushed, None
+            if frame.tag == schema.PAGES.tag:
+                yield frame
+        for frame in self._frames:
+            if frame.tag == schema.PAGES.tag:
+                yield frame
+            elif frame.tag not in (schema.ROUND_END.tag,) and frame.name in _SINGLE:
+                raise BadImage(f"record {frame.index} ({frame.name}) at byte {frame.offset} "
+                               f"comes after the pages", record=frame.index)

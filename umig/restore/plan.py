@@ -1,0 +1,191 @@
+"""The restorer's region: its code, the plan (plan.h) with everything it
+points to, the rt_sigframe, and a stack, laid out at one address that is
+free both in the resuming umig and in the image.
+
+Python decides every value here; the restorer only executes it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .. import tracing
+from ..errors import EnvironmentProblem
+from ..native import PAGE, ffi, lib, restorer_blob
+
+STACK_SIZE = 64 * 1024
+TASK_SIZE = 0x7FFFFFFFF000
+LOWEST = 0x10000000                   # keep clear of low memory and mmap_min_addr
+
+FP_XSTATE_MAGIC1 = 0x46505853
+FP_XSTATE_MAGIC2 = 0x46505845
+UC_FP_XSTATE, UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS = 1, 2, 4
+USER_CS, USER_DS = 0x33, 0x2B
+
+ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
+NR_nanosleep, NR_clock_nanosleep, NR_restart_syscall = 35, 230, 219
+TIMER_ABSTIME = 1
+
+
+def _align(x: int, a: int) -> int:
+    return (x + a - 1) & ~(a - 1)
+
+
+def free_gap(occupied: list[tuple[int, int]], size: int, near: int | None = None,
+             within: int = 1 << 31) -> int:
+    """An address where `size` bytes (plus a guard page each side) touch
+    nothing in `occupied`; nearest to `near` if given, else the highest."""
+    spans = sorted((s, min(e, TASK_SIZE)) for s, e in occupied if s < TASK_SIZE and e > s)
+    merged: list[list[int]] = []
+    for s, e in spans:
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    gaps = []
+    prev = LOWEST
+    for s, e in merged + [[TASK_SIZE - PAGE, TASK_SIZE]]:
+        if s - prev >= size + 2 * PAGE:
+            gaps.append((prev + PAGE, s - PAGE - size))      # first and last start
+        prev = max(prev, e)
+    if not gaps:
+        raise EnvironmentProblem(f"no room for {size} bytes in the address space")
+    if near is None:
+        return gaps[-1][1] & ~(PAGE - 1)
+    best = None
+    for lo, hi in gaps:
+        cand = min(max(near, lo), hi) & ~(PAGE - 1)
+        if cand < lo:
+            cand += PAGE
+        if cand > hi:
+            continue
+        if best is None or abs(cand - near) < abs(best - near):
+            best = cand
+    if best is None or abs(best - near) > within:
+        raise EnvironmentProblem(f"no room for {size} bytes within {within >> 20} MiB of "
+                                 f"{near:#x}")
+    return best
+
+
+def restart_regs(regs: dict) -> dict:
+    """Registers that continue an interrupted syscall the way the kernel
+    would have on return to user space (restart or restart_syscall), since
+    rt_sigreturn itself never restarts anything."""
+    r = dict(regs)
+    orig = r["orig_rax"]
+    if orig >= 1 << 63:          # not stopped in a syscall
+        return r
+    err = (1 << 64) - r["rax"] if r["rax"] >= 1 << 63 else 0
+    if err in (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND):
+        r["rax"] = orig
+        r["rip"] -= 2
+    elif err == ERESTART_RESTARTBLOCK:
+        # the kernel's restart block did not travel: call the syscall again;
+        # a relative sleep resumes from the remaining time the kernel wrote
+        # to its rmtp argument, when it was given one
+        r["rax"] = orig
+        r["rip"] -= 2
+        if orig == NR_nanosleep and r["rsi"]:
+            r["rdi"] = r["rsi"]
+        elif orig == NR_clock_nanosleep and not r["rsi"] & TIMER_ABSTIME and r["r10"]:
+            r["rdx"] = r["r10"]
+    return r
+
+
+def sigframe(regs: dict, sigmask: int, altstack: tuple[int, int, int], fpstate_addr: int,
+             ) -> bytes:
+    """struct rt_sigframe up to the end of the ucontext (x86_64)."""
+    sc = struct.pack(
+        "<18Q4H4QQ8Q",
+        regs["r8"], regs["r9"], regs["r10"], regs["r11"], regs["r12"], regs["r13"],
+        regs["r14"], regs["r15"], regs["rdi"], regs["rsi"], regs["rbp"], regs["rbx"],
+        regs["rdx"], regs["rax"], regs["rcx"], regs["rsp"], regs["rip"], regs["eflags"],
+        USER_CS, 0, 0, USER_DS,
+        0, 0, 0, 0,               # err, trapno, oldmask, cr2
+        fpstate_addr, *([0] * 8))
+    assert len(sc) == 256
+    sp, flags, size = altstack
+    uc = struct.pack("<QQQi4xQ", UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, 0,
+                     sp, flags, size) + sc + struct.pack("<Q", sigmask)
+    return struct.pack("<Q", 0) + uc
+
+
+def fpstate(xsave: bytes, xcr0: int) -> bytes:
+    """The XSAVE area as a signal frame carries it: the software bytes at
+    464 say the extended state follows, MAGIC2 after it."""
+    buf = bytearray(xsave)
+    sw = struct.pack("<IIQI28x", FP_XSTATE_MAGIC1, len(xsave) + 4, xcr0, len(xsave))
+    buf[464:464 + 48] = sw
+    return bytes(buf) + struct.pack("<I", FP_XSTATE_MAGIC2)
+
+
+@dataclass
+class Region:
+    """The restorer region: [base, base + size)."""
+    base: int
+    code_size: int
+    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+
+    @property
+    def data_base(self) -> int:
+        return self.base + self.code_size
+
+    def alloc(self, blob: bytes, align: int = 16) -> int:
+        """Place bytes in the data part; returns their address."""
+        off = _align(len(self.data), align)
+        self.data.extend(b"\0" * (off - len(self.data)))
+        self.data.extend(blob)
+        return self.data_base + off
+
+
+def region_size(n_vmas: int, n_fds: int, n_pending: int, xsave_len: int,
+                auxv_len: int, n_groups: int) -> tuple[int, int]:
+    code = _align(len(restorer_blob()), PAGE)
+    data = (ffi.sizeof("struct umig_plan") + 64
+            + n_vmas * ffi.sizeof("struct umig_vma") + n_fds * 16
+            + n_pending * ffi.sizeof("struct umig_pending") + xsave_len + 128 + 512
+            + auxv_len + 4 * n_groups + 16 * 8)
+    return code, _align(data, PAGE) + STACK_SIZE
+
+
+def build(region: Region, plan, arrays: dict, frame_regs: dict, thread: dict,
+          xsave: bytes, xcr0: int) -> bytes:
+    """Lay out the data part: plan first, then its arrays, the fpstate and
+    the sigframe; the stack is the top of the region."""
+    plan_addr = region.alloc(b"\0" * ffi.sizeof("struct umig_plan"), 64)
+    for name, (ctype, items) in arrays.items():
+        if not items:
+            continue
+        arr = ffi.new(f"{ctype}[]", len(items))
+        for i, item in enumerate(items):
+            for k, v in item.items():
+                if k == "info":
+                    ffi.memmove(arr[i].info, v, 128)
+                else:
+                    setattr(arr[i], k, v)
+        setattr(plan, name, region.alloc(bytes(ffi.buffer(arr)), 16))
+    fp = fpstate(xsave, xcr0)
+    fp_addr = region.alloc(fp, 64)
+    frame = sigframe(frame_regs, thread["sigmask"],
+                     (thread["altstack_sp"], thread["altstack_flags"], thread["altstack_size"]),
+                     fp_addr)
+    # rsp = frame + 8 at rt_sigreturn must be 16-byte aligned + 8, as after a call
+    plan.sigframe = region.alloc(frame, 16)
+    plan.blob_start = region.base
+    plan.blob_end = region.base + region.size
+    plan.stack_top = region.base + region.size - 64
+    plan.task_size = TASK_SIZE
+    plan.magic = lib.UMIG_PLAN_MAGIC
+    plan.abi = lib.UMIG_PLAN_ABI
+    plan.size = ffi.sizeof("struct umig_plan")
+    off = plan_addr - region.data_base
+    region.data[off:off + ffi.sizeof("struct umig_plan")] = bytes(ffi.buffer(plan))
+    if region.code_size + len(region.data) > region.size - 16 * 1024:
+        raise EnvironmentProblem("the restore plan does not fit its region (a umig bug)")
+    return plan_addr
+
+
+def regs_dict(values) -> dict:
+    return dict(zip(tracing.REG_NAMES, values))
