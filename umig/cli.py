@@ -1,0 +1,217 @@
+"""Command line: argument parsing, exit codes, signals, one-line errors.
+
+No capture or restore logic lives here (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import termios
+import traceback
+
+from . import __version__
+from .errors import Exit, UmigError
+
+
+class _Flag:
+    """Set by SIGINT/SIGTERM/SIGHUP; long operations poll it at safe points
+    so that nothing is left half-done."""
+
+    def __init__(self):
+        self.signal = 0
+
+    def __call__(self) -> bool:
+        return bool(self.signal)
+
+    def install(self) -> None:
+        def handler(sig, _frame):
+            self.signal = sig
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, handler)
+
+
+def _warn(msg: str) -> None:
+    print(f"umig: {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_grab(args) -> int:
+    from . import capture
+    from .image.stream import open_output
+    if args.output in (None, "-") and os.isatty(1):
+        raise UmigError("refusing to write an image to a terminal", exit_code=Exit.TERMINAL,
+                        hint=f"redirect it: umig grab {args.pid} > FILE, or use -o FILE")
+    flag = _Flag()
+    flag.install()
+    out = open_output(args.output)
+    finish = "running" if args.leave_running else "stopped" if args.leave_stopped else "kill"
+    try:
+        stats = capture.grab(args.pid, out, finish=finish, interrupted=flag)
+    except BaseException:
+        if args.output not in (None, "-"):
+            try:
+                os.unlink(args.output)      # never leave a partial image behind
+            except OSError:
+                pass
+        raise
+    finally:
+        if out != 1:
+            os.close(out)
+    if args.verbose or os.isatty(2):
+        state = {"kill": "killed", "running": "left running", "stopped": "left stopped"}[finish]
+        print(f"umig: grabbed process {stats.pid}: {stats.image_bytes / 2**20:.1f} MiB image, "
+              f"{stats.pages} pages ({stats.data_pages} with data), {stats.vmas} mappings, "
+              f"{stats.fds} fds; frozen {stats.frozen_s * 1000:.0f} ms; {state}",
+              file=sys.stderr)
+    return 0
+
+
+def _open_image(path: str) -> int:
+    if path == "-":
+        return 0
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UmigError(f"no image {path}", path=path, exit_code=Exit.USAGE) from None
+    except OSError as e:
+        raise UmigError(f"cannot open {path}: {e.strerror}", path=path,
+                        exit_code=Exit.USAGE) from None
+
+
+def cmd_resume(args) -> int:
+    from .restore import ResumeOptions, resume
+    flag = _Flag()
+    flag.install()
+    fd = _open_image(args.image)
+    try:
+        r = resume(fd, ResumeOptions(pid_mode=args.pid, image_on_stdin=fd == 0,
+                                     warn=_warn, interrupted=flag))
+    finally:
+        if fd != 0:
+            os.close(fd)
+    if not r.same_pid:
+        _warn(f"resumed as pid {r.pid} (the image's pid was taken or could not be kept)")
+    if args.detach:
+        print(r.pid, flush=True)
+        return 0
+    return _foreground(r.pid, flag)
+
+
+def _foreground(pid: int, flag: _Flag) -> int:
+    """Wait for the resumed process like a shell waits for a job: it owns the
+    terminal, our SIGINT/SIGTERM/SIGHUP go to it, its status is ours."""
+    tty = 0 if os.isatty(0) else None
+    if tty is not None:
+        try:
+            os.tcsetpgrp(tty, pid)
+        except OSError:
+            tty = None
+
+    def forward(sig, _frame):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    if flag.signal:       # arrived between the jump and now
+        forward(flag.signal, None)
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+    finally:
+        if tty is not None:
+            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                os.tcsetpgrp(tty, os.getpgrp())
+            except (OSError, termios.error):
+                pass
+            signal.signal(signal.SIGTTOU, old)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def cmd_info(args) -> int:
+    from .image import info
+    fd = _open_image(args.image)
+    try:
+        return info.show(fd, as_json=args.json)
+    finally:
+        if fd != 0:
+            os.close(fd)
+
+
+def cmd_check(args) -> int:
+    from . import check
+    return check.main(as_json=args.json)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="umig", description="Move running Linux processes: "
+                                "grab one into an image stream, resume it anywhere.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"umig {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("grab", help="checkpoint a process into an image (stdout or -o)")
+    g.add_argument("pid", type=int)
+    g.add_argument("-o", "--output", metavar="FILE", help="write the image here, not stdout")
+    how = g.add_mutually_exclusive_group()
+    how.add_argument("--leave-running", action="store_true",
+                     help="let the process carry on after the image is written")
+    how.add_argument("--leave-stopped", action="store_true",
+                     help="leave the process stopped (SIGSTOP) after the image is written")
+    g.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
+    g.set_defaults(func=cmd_grab)
+
+    r = sub.add_parser("resume", help="rebuild a process from an image and run it")
+    r.add_argument("image", help="image file, or - for stdin")
+    r.add_argument("--pid", choices=("auto", "keep", "new"), default="auto",
+                   help="keep the image's pid (keep: or fail), or take a new one")
+    r.add_argument("--detach", action="store_true",
+                   help="print the pid and return at once instead of waiting")
+    r.set_defaults(func=cmd_resume)
+
+    i = sub.add_parser("info", help="show what is in an image")
+    i.add_argument("image", help="image file, or - for stdin")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("check", help="probe the kernel features umig relies on")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return Exit.USAGE if e.code not in (0, None) else 0
+    try:
+        return args.func(args)
+    except UmigError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"umig: {e.line()}", file=sys.stderr)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        print("umig: interrupted", file=sys.stderr)
+        return Exit.INTERRUPTED
+    except Exception as e:  # a bug: say so in one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"umig: internal error: {type(e).__name__}: {e} (run with --debug and report "
+              f"it)", file=sys.stderr)
+        return Exit.INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
