@@ -24,6 +24,7 @@ import lz4.block
 from . import __version__, cpu, fdtable, procfs, tracing
 from .errors import (AccessDenied, Interrupted, NoProcess, Refused, UmigError,
                      from_oserror)
+from .critical import critical
 from .image import schema
 from .image.stream import ImageWriter
 from .inject import Injector, find_gadget
@@ -215,7 +216,7 @@ def _read_task(t: Target, inj: Injector) -> dict:
     pid = t.pid
     regs = tracing.getregs(pid)
     out: dict = {"regs": tracing.regs_to_tuple(regs), "xsave": tracing.get_xstate(pid)}
-    out["sigmask"] = tracing.get_sigmask(pid)
+    out["sigmask"] = inj.original_mask      # the injector blocks all while it runs
 
     actions = []
     for sig in range(1, 65):
@@ -533,7 +534,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                               pid=pid)
 
     try:
-        fr.freeze()
+        with critical():
+            fr.freeze()
         check()
         # re-check what may have changed before the freeze
         status = procfs.parse_status(procfs.read(pid, "status"))
@@ -610,8 +612,9 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         stats.image_bytes = w.offset
         stats.vmas = len(vmas)
         stats.fds = len(fds)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: process {pid} was left running as it was",
+    except (KeyboardInterrupt, Interrupted) as e:
+        why = e.msg if isinstance(e, Interrupted) else "interrupted"
+        raise Interrupted(f"{why}: process {pid} was left running as it was",
                           pid=pid) from None
     except OSError as e:
         if e.errno == 3:
@@ -619,16 +622,18 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         raise from_oserror(e, f"grabbing process {pid}", pid=pid) from e
     finally:
         if not done:
-            fr.thaw()
+            with critical():
+                fr.thaw()
         _close_proc(t)
 
     # the image is complete (and synced): now, and only now, finish the source
-    if finish == "kill":
-        fr.kill()
-    elif finish == "stopped":
-        fr.leave_stopped()
-    else:
-        fr.thaw()
+    with critical():
+        if finish == "kill":
+            fr.kill()
+        elif finish == "stopped":
+            fr.leave_stopped()
+        else:
+            fr.thaw()
     stats.finish = finish
     stats.frozen_s = time.perf_counter() - fr.frozen_at
     stats.wall_s = time.perf_counter() - t0

@@ -13,22 +13,47 @@ import termios
 import traceback
 
 from . import __version__
-from .errors import Exit, UmigError
+from .errors import Exit, Interrupted, UmigError
 
 
 class _Flag:
-    """Set by SIGINT/SIGTERM/SIGHUP; long operations poll it at safe points
-    so that nothing is left half-done."""
+    """SIGINT/SIGTERM/SIGHUP become an Interrupted exception, so that grab
+    and resume stop at once and undo what they did (critical sections,
+    umig/critical.py, hold it back until they are consistent).  Once a
+    resumed process runs, they are forwarded to it instead (or, with
+    --detach, left to it)."""
 
     def __init__(self):
         self.signal = 0
+        self.running = 0        # pid of the resumed process, once it runs
+        self.forward = True
+        self.tty: int | None = None
 
     def __call__(self) -> bool:
         return bool(self.signal)
 
+    def on_running(self, pid: int) -> None:
+        """Called as the resumed process is let go: it takes over the
+        terminal before it can read from it (no SIGTTIN)."""
+        self.running = pid
+        if self.forward and os.isatty(0):
+            try:
+                os.tcsetpgrp(0, pid)
+                self.tty = 0
+            except OSError:
+                pass
+
     def install(self) -> None:
         def handler(sig, _frame):
+            if self.running:
+                if self.forward:
+                    try:
+                        os.kill(self.running, sig)
+                    except ProcessLookupError:
+                        pass
+                return
             self.signal = sig
+            raise Interrupted(f"interrupted by {signal.Signals(sig).name}")
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, handler)
 
@@ -83,11 +108,13 @@ def _open_image(path: str) -> int:
 def cmd_resume(args) -> int:
     from .restore import ResumeOptions, resume
     flag = _Flag()
+    flag.forward = not args.detach
     flag.install()
     fd = _open_image(args.image)
     try:
         r = resume(fd, ResumeOptions(pid_mode=args.pid, image_on_stdin=fd == 0,
-                                     warn=_warn, interrupted=flag))
+                                     warn=_warn, interrupted=flag,
+                                     on_running=flag.on_running))
     finally:
         if fd != 0:
             os.close(fd)
@@ -96,28 +123,12 @@ def cmd_resume(args) -> int:
     if args.detach:
         print(r.pid, flush=True)
         return 0
-    return _foreground(r.pid, flag)
+    return _foreground(r.pid, flag.tty)
 
 
-def _foreground(pid: int, flag: _Flag) -> int:
+def _foreground(pid: int, tty: int | None) -> int:
     """Wait for the resumed process like a shell waits for a job: it owns the
-    terminal, our SIGINT/SIGTERM/SIGHUP go to it, its status is ours."""
-    tty = 0 if os.isatty(0) else None
-    if tty is not None:
-        try:
-            os.tcsetpgrp(tty, pid)
-        except OSError:
-            tty = None
-
-    def forward(sig, _frame):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
-    if flag.signal:       # arrived between the jump and now
-        forward(flag.signal, None)
+    terminal, our SIGINT/SIGTERM/SIGHUP go to it (_Flag), its status is ours."""
     try:
         while True:
             try:

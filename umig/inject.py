@@ -17,6 +17,7 @@ import signal
 import struct
 
 from . import tracing
+from .critical import critical
 from .errors import UmigError
 
 SCRATCH = 512          # bytes of scratch memory we may use
@@ -35,14 +36,24 @@ class Injector:
         self.gadget = gadget
         self._saved_regs = None
         self._saved_mask = None
+        self.original_mask = 0
         self._scratch_saved: bytes | None = None
         self._code_saved: bytes | None = None
         self.scratch = 0
 
     def __enter__(self) -> "Injector":
+        self._critical = critical()
+        self._critical.__enter__()
+        try:
+            return self._enter()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def _enter(self) -> "Injector":
         pid = self.pid
         self._saved_regs = tracing.getregs(pid)
-        self._saved_mask = tracing.get_sigmask(pid)
+        self._saved_mask = self.original_mask = tracing.get_sigmask(pid)
         # no signal may be delivered while the registers are not the tracee's
         tracing.set_sigmask(pid, ALL_SIGNALS)
         rsp = self._saved_regs.rsp
@@ -63,6 +74,7 @@ class Injector:
                 undo()
             except OSError as e:  # keep undoing the rest
                 errors.append(e)
+        self._critical.__exit__(None, None, None)
         if errors and exc[0] is None:
             raise InjectionError(f"could not restore process {self.pid} after injecting "
                                  f"syscalls: {errors[0]}", pid=self.pid)

@@ -34,6 +34,7 @@ from ..errors import (BadImage, EnvironmentProblem, Interrupted, RestoreFailed, 
 from ..fdtable import ResumeFds
 from ..image import schema
 from ..image.stream import ImageReader, decode_pages
+from ..critical import critical
 from ..inject import Injector
 from ..native import PAGE, ffi, lib, restorer_blob, syscall
 from .. import procfs
@@ -56,6 +57,7 @@ class ResumeOptions:
     image_on_stdin: bool = False
     warn: Callable[[str], None] = lambda msg: None
     interrupted: Callable[[], bool] = lambda: False
+    on_running: Callable[[int], None] = lambda pid: None
 
 
 @dataclass
@@ -292,7 +294,9 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                                      f"cannot be opened here: {e.strerror}",
                                      path=img.process["cwd"]) from None
         exe_fd = -1
-        if checks.can_checkpoint_restore() and img.mm["exe"]:
+        if _same_file(img.mm["exe"], "/proc/self/exe"):
+            pass    # already our exe (the kernel refuses the change while it is mapped)
+        elif checks.can_checkpoint_restore() and img.mm["exe"]:
             try:
                 exe_fd = fds.keep(os.open(img.mm["exe"], os.O_RDONLY))
             except OSError:
@@ -435,8 +439,10 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         os.close(child.memfd)
         child.memfd = -1
         timings["ready"] = time.perf_counter()
-        tracing.detach(pid)
-        child.alive = False   # no longer ours to kill on error
+        with critical():
+            opts.on_running(pid)
+            tracing.detach(pid)
+            child.alive = False   # it runs: no longer ours to kill on error
         timings["running"] = time.perf_counter()
         return Resumed(pid, pid == img.process["pid"], vdso_mode, timings)
     except BaseException:
@@ -475,3 +481,11 @@ def _follow_to_sigreturn(child: Child, plan_addr: int) -> None:
         if entering and tracing.getregs(child.pid).orig_rax == NR_rt_sigreturn:
             sigreturn = True
         entering = not entering
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

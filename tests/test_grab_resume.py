@@ -1,0 +1,349 @@
+"""Grab a real process, kill it, resume it from the image, and check what
+the resumed process observably does."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (assert_counting, pid_gone, read_lines, readline, run_umig, umig_cmd,
+                      wait_for, wait_lines)
+from umig import cpu
+
+
+def grab(pid: int, img: Path, *extra: str) -> subprocess.CompletedProcess:
+    r = run_umig("grab", "-o", str(img), *extra, str(pid))
+    assert r.returncode == 0, r.stderr.decode()
+    return r
+
+
+def resume_detached(img: Path, procs, *extra: str) -> int:
+    r = run_umig("resume", "--detach", *extra, str(img))
+    assert r.returncode == 0, r.stderr.decode()
+    return procs.adopt(int(r.stdout.split()[-1]))
+
+
+def maps_of(pid: int) -> list[tuple]:
+    """/proc/PID/maps as (start, end, perms, offset, path), with neighbours the
+    kernel may merge (same perms and file, contiguous offsets) merged: the
+    restorer maps them in one go, the original may have been split by an
+    mprotect whose difference is gone."""
+    out: list[list] = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        perms, off, path = parts[1], int(parts[2], 16), parts[5] if len(parts) > 5 else ""
+        if out and out[-1][1] == start and out[-1][2] == perms and out[-1][4] == path and (
+                not path or path.startswith("[") or out[-1][3] + (out[-1][1] - out[-1][0]) == off):
+            out[-1][1] = end
+            continue
+        out.append([start, end, perms, off, path])
+    return [tuple(x) for x in out]
+
+
+def test_counter_continues_where_it_stopped(victim, procs, tmp_path):
+    """GIVEN a C counter writing to a file
+    WHEN it is grabbed (and so killed) and resumed from the image
+    THEN it keeps its pid, its memory map, exe and cmdline, and the numbers
+    in the file go on with no gap and no repeat."""
+    out = tmp_path / "out"
+    src = procs.start([victim("counter"), "20000"], stdout=out.open("w"))
+    wait_lines(out, 5)
+    pid = src.pid
+    maps_before = maps_of(pid)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    exe = os.readlink(f"/proc/{pid}/exe")
+    grab(pid, tmp_path / "img")
+    assert src.wait(timeout=5) == -signal.SIGKILL      # killed only after the image was written
+    at_grab = len(read_lines(out))
+
+    rpid = resume_detached(tmp_path / "img", procs)
+    assert rpid == pid
+    wait_lines(out, at_grab + 20)
+    assert maps_of(rpid) == maps_before
+    assert Path(f"/proc/{rpid}/cmdline").read_bytes() == cmdline
+    assert os.readlink(f"/proc/{rpid}/exe") == exe
+    os.kill(rpid, signal.SIGKILL)
+    wait_for(lambda: pid_gone(rpid) or _reaped(rpid), what="resumed counter to die")
+    assert_counting(read_lines(out))
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        got, _ = os.waitpid(pid, os.WNOHANG)
+        return got == pid
+    except ChildProcessError:
+        return True
+
+
+def test_memory_checksum_of_64_mib(victim, procs, tmp_path):
+    """GIVEN 64 MiB of untouched, zeroed, random and patterned pages plus
+    changed .data, .bss, heap and stack
+    WHEN the process is grabbed and resumed
+    THEN it recomputes the same checksum and says PASS, and zero pages did
+    not travel as data."""
+    out = tmp_path / "out"
+    src = procs.start([victim("memcheck")], stdout=out.open("w"))
+    ready = wait_lines(out, 1, timeout=20)[0]
+    assert ready.startswith("ready")
+    img = tmp_path / "img"
+    grab(src.pid, img)
+    src.wait(timeout=5)
+    # 1/4 of the pages are random (16 MiB): the image is about that, not 64 MiB
+    assert 16 << 20 < img.stat().st_size < 20 << 20
+    rpid = resume_detached(img, procs)
+    os.kill(rpid, signal.SIGUSR1)
+    lines = wait_lines(out, 2, timeout=20)
+    assert lines[1] == "PASS " + ready.split()[1], lines
+
+
+@pytest.mark.parametrize("mode", ["nanosleep", "nanosleep-norem"])
+def test_stopped_in_nanosleep_completes_the_sleep(victim, procs, tmp_path, mode):
+    """GIVEN a process in a 1.5 s nanosleep (with and without rmtp)
+    WHEN it is grabbed in the middle and resumed
+    THEN nanosleep returns 0 (not EINTR) after sleeping at least its time."""
+    out = tmp_path / "out"
+    src = procs.start([victim("blockcall"), mode, "1.5"], stdout=out.open("w"))
+    wait_lines(out, 1)
+    time.sleep(0.5)
+    grab(src.pid, tmp_path / "img")
+    src.wait(timeout=5)
+    resume_detached(tmp_path / "img", procs)
+    line = wait_lines(out, 2, timeout=10)[1]
+    m = re.match(r"returned (-?\d+) errno=(\d+) elapsed=([\d.]+)", line)
+    assert m, line
+    assert (m.group(1), m.group(2)) == ("0", "0")
+    assert float(m.group(3)) >= 1.5
+
+
+def test_stopped_in_read_gets_the_data(victim, procs, tmp_path):
+    """GIVEN a process blocked in read() on its stdin pipe
+    WHEN it is resumed by `umig resume` in the foreground
+    THEN the read continues on umig's stdin and returns what we write there,
+    and umig exits with the process's status."""
+    out = tmp_path / "out"
+    rfd, wfd = os.pipe()
+    src = procs.start([victim("blockcall"), "read"], stdin=rfd, stdout=out.open("w"))
+    wait_lines(out, 1)
+    time.sleep(0.1)
+    grab(src.pid, tmp_path / "img")
+    src.wait(timeout=5)
+    os.close(rfd)
+    os.close(wfd)
+    res = procs.start(umig_cmd("resume", str(tmp_path / "img")), stdin=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    res.stdin.write(b"hello")
+    res.stdin.flush()
+    assert res.wait(timeout=10) == 0, res.stderr.read().decode()
+    assert read_lines(out)[1] == "returned 5 errno=0 data=hello"
+
+
+def test_stopped_in_pause_is_woken_by_a_signal(victim, procs, tmp_path):
+    """GIVEN a process in pause() with a SIGUSR1 handler
+    WHEN it is resumed and sent SIGUSR1
+    THEN the handler runs and pause returns -1/EINTR."""
+    out = tmp_path / "out"
+    src = procs.start([victim("blockcall"), "pause"], stdout=out.open("w"))
+    wait_lines(out, 1)
+    time.sleep(0.1)
+    grab(src.pid, tmp_path / "img")
+    src.wait(timeout=5)
+    rpid = resume_detached(tmp_path / "img", procs)
+    time.sleep(0.2)
+    assert len(read_lines(out)) == 1          # still in pause
+    os.kill(rpid, signal.SIGUSR1)
+    assert wait_lines(out, 2)[1] == "returned -1 errno=4"
+
+
+def test_signal_state_survives(victim, procs, tmp_path):
+    """GIVEN a SIGUSR1 handler on a sigaltstack, SIGUSR2 blocked and pending,
+    SIGHUP ignored
+    WHEN the process is resumed and sent SIGUSR1
+    THEN the handler runs on the altstack, SIGUSR2 is still blocked and
+    pending and is delivered once when unblocked, and SIGHUP is ignored."""
+    out = tmp_path / "out"
+    src = procs.start([victim("signals")], stdout=out.open("w"))
+    wait_lines(out, 1)
+    grab(src.pid, tmp_path / "img")
+    src.wait(timeout=5)
+    rpid = resume_detached(tmp_path / "img", procs)
+    os.kill(rpid, signal.SIGUSR1)
+    assert wait_lines(out, 2)[1] == "PASS"
+
+
+def test_ymm_registers_and_mxcsr_keep_their_values(victim, procs, tmp_path):
+    """GIVEN ymm0-15 loaded with known values and a non-default MXCSR in a
+    spinning loop
+    WHEN the process is grabbed mid-loop and resumed
+    THEN every register and MXCSR hold the same values (PASS)."""
+    out = tmp_path / "out"
+    src = procs.start([victim("vector")], stdout=out.open("w"))
+    wait_lines(out, 1)
+    time.sleep(0.1)
+    grab(src.pid, tmp_path / "img")
+    src.wait(timeout=5)
+    rpid = resume_detached(tmp_path / "img", procs)
+    time.sleep(0.1)
+    os.kill(rpid, signal.SIGUSR1)
+    assert wait_lines(out, 2)[1] == "PASS"
+
+
+@pytest.mark.skipif("avx512f" not in cpu.flags(),
+                    reason="AVX-512 is absent on this CPU (XCR0 has no opmask/ZMM state)")
+def test_zmm_and_opmask_registers_keep_their_values(victim, procs, tmp_path):
+    """GIVEN zmm0-31 and k1-7 loaded with known values
+    WHEN the process is grabbed mid-loop and resumed
+    THEN they hold the same values (PASS)."""
+    out = tmp_path / "out"
+    src = procs.start([victim("vector"), "zmm"], stdout=out.open("w"))
+    wait_lines(out, 1)
+    time.sleep(0.1)
+    grab(src.pid, tmp_path / "img")
+    src.wait(timeout=5)
+    rpid = resume_detached(tmp_path / "img", procs)
+    os.kill(rpid, signal.SIGUSR1)
+    assert wait_lines(out, 2)[1] == "PASS"
+
+
+def test_open_files_keep_offset_and_append(victim, procs, tmp_path):
+    """GIVEN a file open with O_APPEND and one open read-write at offset 2
+    WHEN the process is resumed and writes to both
+    THEN the append lands at the end and the other write at offset 2."""
+    out, a, b = tmp_path / "out", tmp_path / "a", tmp_path / "b"
+    src = procs.start([victim("files"), a, b], stdout=out.open("w"))
+    wait_lines(out, 1)
+    grab(src.pid, tmp_path / "img")
+    src.wait(timeout=5)
+    rpid = resume_detached(tmp_path / "img", procs)
+    os.kill(rpid, signal.SIGUSR1)
+    assert wait_lines(out, 2)[1] == "done"
+    assert a.read_text() == "a1a2"
+    assert b.read_text() == "b1XX"
+
+
+PY_LOOP = """
+import sys, time
+state = {"squares": {}, "log": []}
+i = 0
+while True:
+    state["squares"][i] = i * i
+    state["log"].append(str(i))
+    print(i, sum(state["squares"].values()), len(state["log"]), flush=True)
+    i += 1
+    time.sleep(0.01)
+"""
+
+
+def test_python_interpreter_with_dict_state(procs, tmp_path):
+    """GIVEN python3 running a loop whose state lives in dicts and lists
+    WHEN it is grabbed and resumed (stdout a pipe, taken over by umig resume)
+    THEN its counter and the sums computed from its dicts continue exactly."""
+    src = procs.start(["python3", "-c", PY_LOOP], stdout=subprocess.PIPE)
+    for _ in range(10):
+        readline(src.stdout)
+    img = tmp_path / "img"
+    grab(src.pid, img)
+    src.wait(timeout=5)
+    seen = src.stdout.read().decode().splitlines()       # what it printed before dying
+    res = procs.start(umig_cmd("resume", str(img)), stdout=subprocess.PIPE)
+    after = [readline(res.stdout) for _ in range(30)]
+    last_before = int(seen[-1].split()[0]) if seen else 9
+    for k, line in enumerate(after):
+        i, total, n = (int(x) for x in line.split())
+        assert i == last_before + 1 + k
+        assert total == sum(j * j for j in range(i + 1))
+        assert n == i + 1
+
+
+BASH_LOOP = 'i=0; while :; do i=$((i+1)); echo "$i"; read -t 0.02 _; done'
+
+
+def test_bash_loop(procs, tmp_path):
+    """GIVEN bash running a counting loop built from builtins only, pacing
+    itself with `read -t` on a silent stdin pipe
+    WHEN it is grabbed and resumed with the same pipe as umig's stdin
+    THEN the count continues without gap or repeat."""
+    out = tmp_path / "out"
+    rfd, wfd = os.pipe()
+    try:
+        src = procs.start(["bash", "-c", BASH_LOOP], stdin=rfd, stdout=out.open("w"))
+        wait_lines(out, 10)
+        grab(src.pid, tmp_path / "img")
+        src.wait(timeout=5)
+        n = len(read_lines(out))
+        r = run_umig("resume", "--detach", str(tmp_path / "img"), stdin=rfd)
+        assert r.returncode == 0, r.stderr.decode()
+        procs.adopt(int(r.stdout.split()[-1]))
+        wait_lines(out, n + 20)
+        nums = [int(x) for x in read_lines(out)]
+        assert nums == list(range(1, len(nums) + 1))
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_grab_piped_into_resume(victim, procs, tmp_path):
+    """GIVEN a running counter
+    WHEN `umig grab PID | umig resume -` moves it through a pipe
+    THEN it continues counting in the same file; on the same host the pid is
+    still the source's while the image streams, so it gets a new one and
+    says so."""
+    out = tmp_path / "out"
+    src = procs.start([victim("counter"), "20000"], stdout=out.open("w"))
+    wait_lines(out, 5)
+    grabber = procs.start(umig_cmd("grab", str(src.pid)), stdout=subprocess.PIPE)
+    resumer = procs.start(umig_cmd("resume", "--detach", "-"), stdin=grabber.stdout,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    grabber.stdout.close()
+    assert grabber.wait(timeout=20) == 0
+    assert resumer.wait(timeout=20) == 0, resumer.stderr.read().decode()
+    src.wait(timeout=5)
+    rpid = procs.adopt(int(resumer.stdout.read().split()[-1]))
+    assert rpid != src.pid
+    assert f"resumed as pid {rpid}" in resumer.stderr.read().decode()
+    n = len(read_lines(out))
+    wait_lines(out, n + 10)
+    assert_counting(read_lines(out))
+
+
+def test_foreground_resume_forwards_signals_and_exit_status(victim, procs, tmp_path):
+    """GIVEN a process resumed in the foreground by `umig resume IMG`
+    WHEN umig is sent SIGTERM
+    THEN the process gets it and dies of it, and umig exits 128+15."""
+    out = tmp_path / "out"
+    src = procs.start([victim("counter"), "20000"], stdout=out.open("w"))
+    wait_lines(out, 3)
+    grab(src.pid, tmp_path / "img")
+    src.wait(timeout=5)
+    res = procs.start(umig_cmd("resume", str(tmp_path / "img")), stderr=subprocess.PIPE)
+    n = len(read_lines(out))
+    wait_lines(out, n + 5)
+    res.send_signal(signal.SIGTERM)
+    assert res.wait(timeout=10) == 128 + signal.SIGTERM
+    assert pid_gone(src.pid) or _reaped(src.pid)
+
+
+def test_leave_running_keeps_source_and_image_resumes_as_new_pid(victim, procs, tmp_path):
+    """GIVEN a counter grabbed with --leave-running
+    WHEN the image is resumed while the source still runs
+    THEN the source keeps counting, and the copy gets a new pid (said on
+    stderr) and continues from the grab point in its own output."""
+    out = tmp_path / "out"
+    src = procs.start([victim("counter"), "20000"], stdout=out.open("w"))
+    wait_lines(out, 3)
+    grab(src.pid, tmp_path / "img", "--leave-running")
+    n = len(read_lines(out))
+    wait_lines(out, n + 5)
+    assert src.poll() is None
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    rpid = procs.adopt(int(r.stdout.split()[-1]))
+    assert rpid != src.pid
+    assert f"resumed as pid {rpid}" in r.stderr.decode()
