@@ -518,9 +518,11 @@ def _close_proc(t: Target) -> None:
 
 
 def grab(pid: int, out_fd: int, finish: str = "kill",
-         interrupted: Callable[[], bool] = lambda: False) -> GrabStats:
-    """Write the image of process pid to out_fd; then kill it (finish="kill"),
-    thaw it ("running") or leave it stopped ("stopped")."""
+         interrupted: Callable[[], bool] = lambda: False,
+         on_complete: Callable[[], None] = lambda: None) -> GrabStats:
+    """Write the image of process pid to out_fd; once it is complete (and
+    on_complete, which puts a file image in place, succeeded) kill it
+    (finish="kill"), thaw it ("running") or leave it stopped ("stopped")."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid)
@@ -607,6 +609,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                                     "records": w.page_records})
         check()
         w.finish()
+        on_complete()
         done = True
         stats.pages = w.pages
         stats.image_bytes = w.offset
@@ -616,7 +619,14 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         why = e.msg if isinstance(e, Interrupted) else "interrupted"
         raise Interrupted(f"{why}: process {pid} was left running as it was",
                           pid=pid) from None
-    except OSError as e:
+    except (OSError, UmigError) as e:
+        gone = fr.attached and _died(pid)
+        if gone:
+            fr.attached = False
+            raise NoProcess(f"process {pid} {gone} while umig grabbed it; no image was "
+                            f"written", pid=pid) from e
+        if isinstance(e, UmigError):
+            raise
         if e.errno == 3:
             raise NoProcess(f"process {pid} went away while umig grabbed it", pid=pid) from e
         raise from_oserror(e, f"grabbing process {pid}", pid=pid) from e
@@ -638,6 +648,17 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     stats.frozen_s = time.perf_counter() - fr.frozen_at
     stats.wall_s = time.perf_counter() - t0
     return stats
+
+
+def _died(pid: int) -> str:
+    """How the tracee ended, if it did ("" if it is still there)."""
+    try:
+        st = tracing.wait(pid, nohang=True)
+    except ChildProcessError:
+        return "went away"
+    if st is not None and st.kind in ("exited", "killed"):
+        return str(st)
+    return ""
 
 
 def _readlink(path: str) -> str:

@@ -64,26 +64,22 @@ def _warn(msg: str) -> None:
 
 def cmd_grab(args) -> int:
     from . import capture
-    from .image.stream import open_output
+    from .image.stream import Output
     if args.output in (None, "-") and os.isatty(1):
         raise UmigError("refusing to write an image to a terminal", exit_code=Exit.TERMINAL,
                         hint=f"redirect it: umig grab {args.pid} > FILE, or use -o FILE")
     flag = _Flag()
     flag.install()
-    out = open_output(args.output)
+    out = Output(args.output)
     finish = "running" if args.leave_running else "stopped" if args.leave_stopped else "kill"
     try:
-        stats = capture.grab(args.pid, out, finish=finish, interrupted=flag)
+        stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
+                             on_complete=out.commit)
     except BaseException:
-        if args.output not in (None, "-"):
-            try:
-                os.unlink(args.output)      # never leave a partial image behind
-            except OSError:
-                pass
+        out.abort()             # never leave a partial image behind
         raise
     finally:
-        if out != 1:
-            os.close(out)
+        out.close()
     if args.verbose or os.isatty(2):
         state = {"kill": "killed", "running": "left running", "stopped": "left stopped"}[finish]
         print(f"umig: grabbed process {stats.pid}: {stats.image_bytes / 2**20:.1f} MiB image, "

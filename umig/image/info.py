@@ -170,9 +170,21 @@ def show(fd: int, as_json: bool) -> int:
 
 # ---------------------------------------------------------------- formatting
 
+def _text(s: str) -> str:
+    """A str field printable anywhere: bytes that were not UTF-8 (kept by the
+    schema as surrogate escapes) are shown as \\xNN."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _jsonable(v):
     if isinstance(v, (bytes, bytearray, memoryview)):
         return bytes(v).hex()
+    if isinstance(v, str):
+        return _text(v)
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -255,12 +267,12 @@ def _render(scan: Scan, version: int) -> None:
         if not rows:
             con.print(Text(f"{title}: none"))
             return
-        t = Table(title=title, title_justify="left", show_header=bool(columns[0]))
+        t = Table(title=Text(_text(title)), title_justify="left", show_header=bool(columns[0]))
         for c in columns:
             t.add_column(c, overflow="fold",
                          justify="right" if c in ("fd", "size", "pages", "zero") else "left")
         for r in rows:
-            t.add_row(*(Text(str(c)) for c in r))
+            t.add_row(*(Text(_text(str(c))) for c in r))
         con.print(t)
 
     def kv(title: str, rows) -> None:

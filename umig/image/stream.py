@@ -247,11 +247,60 @@ def decode_pages(frame: Frame) -> tuple[int, int, int, memoryview, memoryview]:
     return round_, flags, raw_len, p[PAGES_HEAD.size:runs_end], p[runs_end:]
 
 
-def open_output(path: str | None) -> int:
-    """fd to write an image to (stdout for None or '-')."""
-    if path in (None, "-"):
-        return 1
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise ImageIOError(f"cannot create {path}: {e.strerror}", path=path) from e
+class Output:
+    """Where grab writes an image.  A regular file is written under a
+    temporary name next to it and renamed into place only when the image is
+    complete and synced, so a failed grab leaves no partial image and never
+    destroys an older one.  Anything else (stdout, a pipe, a device such as
+    /dev/null) is written directly and never removed."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.tmp: str | None = None
+        if path in (None, "-"):
+            self.fd = 1
+            return
+        try:
+            st = os.stat(path)
+            direct = not stat.S_ISREG(st.st_mode)
+        except FileNotFoundError:
+            direct = False
+        except OSError as e:
+            raise ImageIOError(f"cannot write {path}: {e.strerror}", path=path) from e
+        try:
+            if direct:
+                self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            else:
+                d, base = os.path.split(os.path.abspath(path))
+                self.tmp = os.path.join(d, f".{base}.umig-{os.getpid()}")
+                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                  0o600)
+        except OSError as e:
+            raise ImageIOError(f"cannot create {path}: {e.strerror}", path=path) from e
+
+    def commit(self) -> None:
+        """The image is complete (and synced by the writer): put it in place."""
+        if self.tmp:
+            try:
+                os.rename(self.tmp, self.path)
+                dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            except OSError as e:
+                raise ImageIOError(f"cannot move the image into place at {self.path}: "
+                                   f"{e.strerror}", path=self.path) from e
+            self.tmp = None
+
+    def abort(self) -> None:
+        if self.tmp:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.tmp = None
+
+    def close(self) -> None:
+        if self.fd != 1:
+            os.close(self.fd)

@@ -1,0 +1,214 @@
+"""Grab refuses what it cannot do, and whatever goes wrong the source keeps
+running exactly as before (ARCHITECTURE.md, "Safety: nothing is lost")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_lines, run_umig, umig_cmd, wait_for, wait_lines
+from umig.errors import Exit
+
+
+def state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def tracer(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return -1
+
+
+def assert_still_counting(out: Path, pid: int) -> None:
+    """The source runs on, untraced, not stopped, and keeps counting."""
+    n = len(read_lines(out))
+    wait_lines(out, n + 5, timeout=10)
+    assert state(pid) in ("S", "R"), state(pid)
+    assert tracer(pid) == 0
+    nums = [int(x) for x in read_lines(out)]
+    assert nums == list(range(len(nums)))
+
+
+@pytest.fixture
+def counter(victim, procs, tmp_path):
+    def start(ballast_mib: int = 0):
+        out = tmp_path / "count.out"
+        p = procs.start([victim("counter"), "20000", str(ballast_mib)], stdout=out.open("w"))
+        wait_lines(out, 3, timeout=30)
+        return p, out
+    return start
+
+
+def test_no_such_pid(procs):
+    """GIVEN a pid nobody has WHEN grabbed THEN one line says so, exit NO_PROCESS."""
+    r = run_umig("grab", "-o", "/dev/null", "4000000")
+    assert r.returncode == Exit.NO_PROCESS
+    assert r.stderr.decode().strip() == "umig: no process 4000000"
+
+
+def test_zombie_is_refused(procs):
+    """GIVEN a child that exited and was not reaped WHEN grabbed THEN refused."""
+    z = procs.start(["true"])
+    wait_for(lambda: state(z.pid) == "Z", what="a zombie")
+    r = run_umig("grab", "-o", "/dev/null", str(z.pid))
+    assert r.returncode == Exit.REFUSED
+    assert f"process {z.pid} (true) is a zombie" in r.stderr.decode()
+
+
+def test_kernel_thread_is_refused():
+    """GIVEN kthreadd (pid 2) WHEN grabbed THEN refused as a kernel thread."""
+    r = run_umig("grab", "-o", "/dev/null", "2")
+    assert r.returncode == Exit.REFUSED
+    assert "is a kernel thread" in r.stderr.decode()
+
+
+def test_multithreaded_is_refused_and_left_running(procs, tmp_path):
+    """GIVEN a python process with a second thread
+    WHEN grabbed THEN refused (threads are not supported yet), still running."""
+    p = procs.start(["python3", "-c", "import threading, time\n"
+                     "threading.Thread(target=time.sleep, args=(100,)).start()\n"
+                     "print('ready', flush=True); time.sleep(100)"], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
+    assert r.returncode == Exit.REFUSED
+    assert "has 2 threads" in r.stderr.decode()
+    assert "single-threaded processes only so far" in r.stderr.decode()
+    assert not (tmp_path / "img").exists()
+    assert state(p.pid) == "S" and tracer(p.pid) == 0
+
+
+def test_umig_refuses_itself():
+    """GIVEN umig asked to grab its own pid WHEN run THEN refused."""
+    r = subprocess.run(["sh", "-c", f"exec {' '.join(umig_cmd())} grab -o /dev/null $$"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == Exit.REFUSED
+    assert "is this umig; umig cannot grab itself" in r.stderr.decode()
+
+
+def test_image_to_a_terminal_is_refused(counter):
+    """GIVEN stdout is a terminal WHEN grab writes the image there THEN refused
+    before the process is touched."""
+    p, out = counter()
+    master, slave = os.openpty()
+    try:
+        r = subprocess.run(umig_cmd("grab", str(p.pid)), stdout=slave, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, timeout=30)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == Exit.TERMINAL
+    assert "refusing to write an image to a terminal" in r.stderr.decode()
+    assert_still_counting(out, p.pid)
+
+
+def test_unsupported_fd_is_refused_by_name_and_source_runs(victim, procs, tmp_path):
+    """GIVEN a counter that holds a unix socket
+    WHEN grabbed THEN refused naming the fd and its kind; the counter runs on."""
+    out = tmp_path / "out"
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    p = procs.start([victim("counter"), "20000"], stdout=out.open("w"), pass_fds=(fd,))
+    a.close()
+    try:
+        wait_lines(out, 3)
+        r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
+        assert r.returncode == Exit.REFUSED, r.stderr
+        msg = r.stderr.decode()
+        assert f"process {p.pid} fd {fd} is a socket" in msg, msg
+        assert not (tmp_path / "img").exists()
+        assert_still_counting(out, p.pid)
+    finally:
+        b.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a 1 MiB tmpfs needs root")
+def test_disk_full_leaves_source_running(counter, tmp_path):
+    """GIVEN a 1 MiB tmpfs and a process whose image needs 8 MiB
+    WHEN grabbed into it THEN ENOSPC is reported (exit IO), no partial image
+    is left, and the source keeps counting."""
+    p, out = counter(8)
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        r = run_umig("grab", "-o", str(mnt / "img"), str(p.pid))
+        assert r.returncode == Exit.IO, r.stderr
+        assert "no space left on device" in r.stderr.decode()
+        assert not (mnt / "img").exists()
+        assert_still_counting(out, p.pid)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_reader_going_away_leaves_source_running(counter, procs):
+    """GIVEN `umig grab PID | head -c 1000`
+    WHEN head exits after 1000 bytes THEN grab fails with a broken pipe
+    (exit IO) and the source keeps counting."""
+    p, out = counter(8)
+    g = procs.start(umig_cmd("grab", str(p.pid)), stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
+    assert len(g.stdout.read(1000)) == 1000
+    g.stdout.close()
+    assert g.wait(timeout=30) == Exit.IO
+    assert "broken pipe" in g.stderr.read().decode()
+    assert_still_counting(out, p.pid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_umig_mid_grab_leaves_source_running(counter, procs, sig):
+    """GIVEN a grab blocked writing a 64 MiB image into a pipe nobody reads
+    WHEN umig gets SIGTERM (or SIGINT) THEN it stops, says so (exit
+    INTERRUPTED), and the source keeps counting, untraced."""
+    p, out = counter(64)
+    r, w = os.pipe()
+    try:
+        g = procs.start(umig_cmd("grab", str(p.pid)), stdout=w, stderr=subprocess.PIPE)
+        os.close(w)
+        w = -1
+        wait_for(lambda: tracer(p.pid) == g.pid, what="grab to seize the counter")
+        time.sleep(0.3)                 # now blocked on the full pipe
+        g.send_signal(sig)
+        assert g.wait(timeout=30) == Exit.INTERRUPTED
+        msg = g.stderr.read().decode()
+        assert f"process {p.pid} was left running as it was" in msg, msg
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert_still_counting(out, p.pid)
+
+
+def test_tracee_killed_mid_grab(counter, procs, tmp_path):
+    """GIVEN a grab in progress WHEN the source is killed by someone else
+    THEN grab says the process went away (exit NO_PROCESS) and leaves no
+    image."""
+    p, out = counter(64)
+    r, w = os.pipe()
+    try:
+        g = procs.start(umig_cmd("grab", str(p.pid)), stdout=w, stderr=subprocess.PIPE)
+        os.close(w)
+        w = -1
+        wait_for(lambda: tracer(p.pid) == g.pid, what="grab to seize the counter")
+        time.sleep(0.2)
+        p.kill()
+        drain = threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(r, 1 << 16), b"")])
+        drain.start()
+        code = g.wait(timeout=30)
+        drain.join(timeout=30)
+        msg = g.stderr.read().decode()
+        assert code == Exit.NO_PROCESS, msg
+        assert f"process {p.pid} killed by SIGKILL while umig grabbed it; no image was " \
+               f"written" in msg
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
