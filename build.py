@@ -114,7 +114,12 @@ def build_restorer(outdir: Path = NATIVE) -> Path:
 
 def build_inplace() -> None:
     build_restorer(NATIVE)
-    ffibuilder.compile(tmpdir=str(ROOT), verbose=False)
+    built = Path(ffibuilder.compile(tmpdir=str(ROOT), verbose=False)).resolve()
+    # one module only: a stale one with another suffix (abi3 from pip, or a
+    # cpython-3XX one from here) could shadow it
+    for other in (ROOT / "umig").glob("_umig_native.*"):
+        if other.resolve() != built and other.suffix in (".so", ".o", ".c"):
+            other.unlink()
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ __asm__(
 #define PR_SET_KEEPCAPS 8
 #define PR_SET_SECUREBITS 28
 #define PR_CAP_AMBIENT 47
+#define SECBIT_KEEP_CAPS 0x10
 #define PR_CAP_AMBIENT_RAISE 2
 #define ARCH_SET_GS 0x1001
 #define ARCH_SET_FS 0x1002
@@ -189,8 +190,10 @@ static void restore_creds(struct umig_plan *p)
     for (int cap = 0; cap < 64; cap++)
         if (!(c->cap_bnd & (1UL << cap)))
             sys2(NR_prctl, PR_CAPBSET_DROP, cap); /* EINVAL past the last cap */
+    /* the image's securebits while we may still set them (CAP_SETPCAP), with
+     * KEEP_CAPS so the permitted set survives leaving uid 0 ... */
+    CHECK(UMIG_STEP_CREDS, sys2(NR_prctl, PR_SET_SECUREBITS, c->securebits | SECBIT_KEEP_CAPS));
     CHECK(UMIG_STEP_CREDS, sys2(NR_setgroups, c->ngroups, c->groups));
-    CHECK(UMIG_STEP_CREDS, sys2(NR_prctl, PR_SET_KEEPCAPS, 1));
     CHECK(UMIG_STEP_CREDS, sys3(NR_setresgid, c->gid, c->egid, c->sgid));
     sys1(NR_setfsgid, c->fsgid);
     CHECK(UMIG_STEP_CREDS, sys3(NR_setresuid, c->uid, c->euid, c->suid));
@@ -204,7 +207,8 @@ static void restore_creds(struct umig_plan *p)
     for (int cap = 0; cap < 64; cap++)
         if (c->cap_amb & (1UL << cap))
             CHECK(UMIG_STEP_CREDS, sys5(NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0));
-    CHECK(UMIG_STEP_CREDS, sys2(NR_prctl, PR_SET_SECUREBITS, c->securebits));
+    /* ... and KEEP_CAPS back to the image's (needs no capability) */
+    CHECK(UMIG_STEP_CREDS, sys2(NR_prctl, PR_SET_KEEPCAPS, !!(c->securebits & SECBIT_KEEP_CAPS)));
 }
 
 static void restore_task(struct umig_plan *p)
