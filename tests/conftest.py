@@ -73,6 +73,7 @@ class Procs:
     def start(self, argv, **kw) -> subprocess.Popen:
         kw.setdefault("stdin", subprocess.DEVNULL)
         # not pytest's capture file (deleted while open: grab would refuse it)
+        kw.setdefault("stdout", subprocess.DEVNULL)
         kw.setdefault("stderr", subprocess.DEVNULL)
         kw.setdefault("close_fds", True)
         p = subprocess.Popen([str(a) for a in argv], **kw)

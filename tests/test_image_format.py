@@ -114,6 +114,14 @@ def umig_info(path, *args: str, stdin=subprocess.DEVNULL) -> subprocess.Complete
                           stdin=stdin, capture_output=True, text=True, timeout=60)
 
 
+def test_record_checksum_is_standard_crc32c():
+    """GIVEN the CRC-32C check string
+    WHEN umig's native crc32c and the plain-Python one of the spec compute it
+    THEN both give the standard check value, also when fed in pieces"""
+    assert py_crc32c(b"123456789") == crc32c(b"123456789") == 0xE3069283
+    assert crc32c(b"1234", b"56789") == 0xE3069283
+
+
 # ---------------------------------------------------------------- a synthetic image
 
 def synthetic_records() -> list[tuple[schema.Record, dict]]:
@@ -247,8 +255,8 @@ def test_every_record_kind_round_trips_to_identical_bytes():
         data = f.read()
 
     seen = assert_round_trip(data, frames, reader)
-    assert seen == set(schema.RECORDS), \
-        f"missing from the round trip: {[schema.RECORDS[t].name for t in set(schema.RECORDS) - seen]}"
+    missing = [schema.RECORDS[t].name for t in set(schema.RECORDS) - seen]
+    assert seen == set(schema.RECORDS), f"missing from the round trip: {missing}"
 
     written = iter(synthetic_records())
     for frame in frames:
@@ -327,6 +335,27 @@ def test_unknown_optional_record_is_skipped_and_counted(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["summary"]["skipped_records"] == 1
     assert [e["index"] for e in doc["records"]][:2] == [0, 2]
+
+
+def test_info_refuses_trailer_page_counts_that_disagree_with_the_pages(tmp_path):
+    """GIVEN an image whose writer counted 5 pages for a PAGES record whose runs hold 6
+         (framing, crcs and digest all valid)
+    WHEN `umig info` reads it
+    THEN it is refused as a bad image naming both counts"""
+    img = tmp_path / "miscounted.img"
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        w = ImageWriter(fd)
+        for rec, values in synthetic_records():
+            w.record(rec, values)
+        runs = [(0x5555_5555_9000, 6, RUN_ZERO)]
+        w.page_chunk(0, b"".join(RUN.pack(*r) for r in runs), 1, b"", 0, False, 5)
+        w.finish()
+    finally:
+        os.close(fd)
+    r = umig_info(img)
+    assert r.returncode == Exit.BAD_IMAGE and r.stdout == ""
+    assert r.stderr == "umig: the trailer counts 5 pages, the PAGES records hold 6\n"
 
 
 # ---------------------------------------------------------------- a real image
@@ -416,7 +445,8 @@ def damaged(data: bytes, how: str) -> tuple[bytes, dict]:
                                    f"this umig reads version {schema.FORMAT_VERSION}"),
     ("truncated", Exit.BAD_IMAGE, "image truncated at byte {at}: record {record} (THREAD)"),
     ("flipped", Exit.BAD_IMAGE, "bad checksum in record {record} (PROCESS)"),
-    ("removed", Exit.BAD_IMAGE, "counts {was} records, the image has {n}: records are missing or repeated"),
+    ("removed", Exit.BAD_IMAGE,
+     "counts {was} records, the image has {n}: records are missing or repeated"),
     ("swapped", Exit.BAD_IMAGE, "the stream digest does not match"),
     ("unknown_tag", Exit.INCOMPATIBLE, "record {record} at byte"),
 ])
@@ -472,3 +502,19 @@ def test_info_json_and_human_on_a_real_image(real_image):
     assert str(real_image["pid"]) in r.stdout
     assert real_image["exe"] in r.stdout
     assert "Memory map" in r.stdout and "verified" in r.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("--json",)])
+def test_info_into_a_closed_pipe_exits_quietly(real_image, args):
+    """GIVEN a reader that has gone away (`umig info IMG | head -1`)
+    WHEN `umig info` writes its output
+    THEN it exits 0 without a traceback or an 'internal error' line"""
+    rfd, wfd = os.pipe()
+    os.close(rfd)           # before umig writes anything: every write gets EPIPE
+    try:
+        r = subprocess.run([sys.executable, "-m", "umig", "info", *args,
+                            str(real_image["path"])], stdin=subprocess.DEVNULL, stdout=wfd,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(wfd)
+    assert (r.returncode, r.stderr) == (0, "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import json
+import os
 import struct
 import sys
 
@@ -129,7 +130,8 @@ class Scan:
                 raise BadImage(f"the trailer counts {t[what]} {what.replace('_', ' ')}, the "
                                f"PAGES records hold {mine}")
         self.image_bytes = reader.offset
-        self.skipped = t["records"] - self.frames
+        self.records = t["records"] + 1            # the trailer counts those before it
+        self.skipped = t["records"] - self.frames  # unknown optional kinds
         if self.keep_json:
             size = 12 + len(schema.TRAILER.encode(t)) + len(t.get("_extra", b""))
             self.entries.append({"index": t["records"], "offset": reader.offset - size,
@@ -138,7 +140,7 @@ class Scan:
 
     def summary(self) -> dict:
         return {
-            "records": self.trailer_records + 1, "skipped_records": self.skipped,
+            "records": self.records, "skipped_records": self.skipped,
             "page_records": self.page_records, "pages": self.pages,
             "data_pages": self.pages - self.zero_pages, "zero_pages": self.zero_pages,
             "pages_outside_vmas": self.outside, "data_bytes": self.data_bytes,
@@ -147,10 +149,6 @@ class Scan:
             "rounds_complete": [r["round"] for r in self.state.get("ROUND_END", [])],
             "image_bytes": self.image_bytes, "trailer_verified": True}
 
-    @property
-    def trailer_records(self) -> int:
-        return self.frames + self.skipped
-
 
 def show(fd: int, as_json: bool) -> int:
     reader = ImageReader(fd)
@@ -158,13 +156,18 @@ def show(fd: int, as_json: bool) -> int:
     for frame in reader:
         scan.add(frame)
     scan.finish(reader)
-    if as_json:
-        doc = {"format_version": reader.version, "records": scan.entries,
-               "summary": scan.summary()}
-        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
-    else:
-        _render(scan, reader.version)
-    sys.stdout.flush()
+    try:
+        if as_json:
+            doc = {"format_version": reader.version, "records": scan.entries,
+                   "summary": scan.summary()}
+            sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        else:
+            _render(scan, reader.version)
+        sys.stdout.flush()
+    except BrokenPipeError:         # `umig info img | head`: the reader has enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0
 
 
@@ -263,6 +266,10 @@ def _render(scan: Scan, version: int) -> None:
 
     con = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
+    def broken_pipe() -> None:      # rich would exit(1) here; show() handles it
+        raise BrokenPipeError
+    con.on_broken_pipe = broken_pipe
+
     def table(title: str, columns, rows) -> None:
         if not rows:
             con.print(Text(f"{title}: none"))
@@ -282,7 +289,7 @@ def _render(scan: Scan, version: int) -> None:
         return scan.state.get(name, [{}])[0]
 
     h = one("HEADER")
-    kv("Image", [
+    kv("Image", h and [
         ("arch", h["arch"]), ("kernel", h["kernel"]), ("host", h["hostname"]),
         ("time", _time(h["time_ns"])), ("umig version", h["umig_version"]),
         ("format version", version), ("page size", h["page_size"]),
@@ -302,7 +309,7 @@ def _render(scan: Scan, version: int) -> None:
                  ("groups", " ".join(str(g["gid"]) for g in c["groups"]) or "none"),
                  ("capabilities", f"eff {c['cap_eff']:#x} prm {c['cap_prm']:#x} "
                   f"inh {c['cap_inh']:#x} amb {c['cap_amb']:#x}")]
-    kv("Process", rows)
+    kv("Process", rows if p else [])
 
     for name in ("MM", "VDSO"):
         rec = schema.BY_NAME[name]

@@ -79,6 +79,10 @@ class ImageWriter:
 
     def record(self, rec: schema.Record, values: dict) -> None:
         self._frame(rec.tag, FLAG_OPTIONAL if rec.optional else 0, [rec.encode(values)])
+        if rec.tag == schema.PAGES.tag:          # as page_chunk() counts them
+            self.page_records += 1
+            self.pages += sum(r["npages"] for r in values["runs"])
+            self.data_bytes += len(values["data"])
 
     def page_chunk(self, round_: int, runs, nruns: int, data, raw_len: int, lz4: bool,
               npages: int) -> None:

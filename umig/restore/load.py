@@ -82,6 +82,7 @@ class Loaded:
         for frame in self._frames:
             if frame.tag == schema.PAGES.tag:
                 yield frame
-            elif frame.tag not in (schema.ROUND_END.tag,) and frame.name in _SINGLE:
+            elif frame.tag != schema.ROUND_END.tag and (frame.name in _SINGLE
+                                                         or frame.name in ("VMA", "FD")):
                 raise BadImage(f"record {frame.index} ({frame.name}) at byte {frame.offset} "
                                f"comes after the pages", record=frame.index)

@@ -212,7 +212,9 @@ class Child:
 
 
 def _feed_pages(child: Child, loaded: Loaded, check) -> int:
-    pages = 0
+    """Write every PAGES record into the child; the reader verifies the
+    trailer when they end, and here its counts are held against what came."""
+    pages = records = data_bytes = 0
     for frame in loaded.page_frames():
         round_, flags, raw_len, runs, data = decode_pages(frame)
         if flags & schema.PAGES_FLAG_LZ4:
@@ -233,8 +235,15 @@ def _feed_pages(child: Child, loaded: Loaded, check) -> int:
                                f"outside the image's memory map", record=frame.index)
             raise RestoreFailed(f"writing pages into process {child.pid} failed: "
                                 f"{os.strerror(-r)}")
-        pages += raw_len // PAGE
+        pages += sum(struct.unpack_from("<I", runs, i + 8)[0] for i in range(0, len(runs), 16))
+        records += 1
+        data_bytes += len(frame.payload) - 16 - len(runs)
         check()
+    t = loaded.reader.trailer
+    if t is None or (t["page_records"], t["pages"], t["data_bytes"]) != (records, pages, data_bytes):
+        raise BadImage(f"the image's trailer counts {t and t['page_records']} page records, "
+                       f"{t and t['pages']} pages and {t and t['data_bytes']} data bytes; the "
+                       f"image holds {records}, {pages} and {data_bytes}")
     return pages
 
 
