@@ -20,7 +20,8 @@ import pytest
 
 from umig.errors import Exit
 from umig.image import schema
-from umig.image.stream import FLAG_OPTIONAL, FRAME, ImageReader, ImageWriter, crc32c
+from umig.image.stream import (FLAG_OPTIONAL, FRAME, ImageReader, ImageWriter, crc32c,
+                               page_chunk_frame)
 
 PAGE = 4096
 RUN = struct.Struct("<QII")
@@ -214,14 +215,14 @@ def write_synthetic(fd: int) -> dict:
     raw0 = b"".join(bytes([i]) * PAGE for i in (1, 2, 3))
     data0 = lz4.block.compress(raw0, store_size=False)
     assert len(data0) < len(raw0)
-    w.page_chunk(0, b"".join(RUN.pack(*r) for r in runs0), len(runs0), data0, len(raw0),
-                 True, 6)
+    w.page_chunk(page_chunk_frame(0, b"".join(RUN.pack(*r) for r in runs0), len(runs0), data0, len(raw0),
+                 True, 6))
     w.record(schema.ROUND_END, {"round": 0, "pages": 6, "records": 1})
     # round 1: a page sent again (it changed), one zeroed since; stored raw
     runs1 = [(heap, 1, RUN_DATA), (anon, 1, RUN_ZERO)]
     raw1 = hashlib.sha256(b"page").digest() * (PAGE // 32)
-    w.page_chunk(1, b"".join(RUN.pack(*r) for r in runs1), len(runs1), raw1, len(raw1),
-                 False, 2)
+    w.page_chunk(page_chunk_frame(1, b"".join(RUN.pack(*r) for r in runs1), len(runs1), raw1, len(raw1),
+                 False, 2))
     w.record(schema.ROUND_END, {"round": 1, "pages": 8, "records": 2})   # counts so far
     w.finish()
     return {"pages": 8, "zero_pages": 4, "page_records": 2, "raw0": raw0, "raw1": raw1}
@@ -349,7 +350,7 @@ def test_info_refuses_trailer_page_counts_that_disagree_with_the_pages(tmp_path)
         for rec, values in synthetic_records():
             w.record(rec, values)
         runs = [(0x5555_5555_9000, 6, RUN_ZERO)]
-        w.page_chunk(0, b"".join(RUN.pack(*r) for r in runs), 1, b"", 0, False, 5)
+        w.page_chunk(page_chunk_frame(0, b"".join(RUN.pack(*r) for r in runs), 1, b"", 0, False, 5))
         w.finish()
     finally:
         os.close(fd)

@@ -74,7 +74,7 @@ def cmd_grab(args) -> int:
     finish = "running" if args.leave_running else "stopped" if args.leave_stopped else "kill"
     try:
         stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
-                             on_complete=out.commit)
+                             on_complete=out.commit, prepare=out.preallocate)
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise

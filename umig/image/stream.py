@@ -69,9 +69,10 @@ class ImageWriter:
                 views[0] = views[0][n:]
 
     def _frame(self, tag: int, flags: int, parts: list) -> None:
-        length = sum(len(p) for p in parts)
-        head = FRAME.pack(tag, flags, length)
-        crc = CRC.pack(crc32c(head, *parts))
+        head, crc = frame_of(tag, flags, parts)
+        self._write_framed(head, parts, crc)
+
+    def _write_framed(self, head: bytes, parts: list, crc: bytes) -> None:
         self._digest.update(head)
         self._digest.update(crc)
         self._write([head, *parts, crc])
@@ -84,15 +85,13 @@ class ImageWriter:
             self.pages += sum(r["npages"] for r in values["runs"])
             self.data_bytes += len(values["data"])
 
-    def page_chunk(self, round_: int, runs, nruns: int, data, raw_len: int, lz4: bool,
-              npages: int) -> None:
-        """A PAGES record from native buffers, without copying them."""
-        head = PAGES_HEAD.pack(round_, schema.PAGES_FLAG_LZ4 if lz4 else 0, raw_len, nruns)
-        # PAGES_HEAD packs round, flags, raw_len and then the array count
-        self._frame(schema.PAGES.tag, 0, [head, runs, data])
+    def page_chunk(self, chunk: "PageChunk") -> None:
+        """A PAGES record prepared (and checksummed) by page_chunk_frame,
+        possibly in another thread, written without copying its buffers."""
+        self._write_framed(chunk.head, chunk.parts, chunk.crc)
         self.page_records += 1
-        self.pages += npages
-        self.data_bytes += len(data)
+        self.pages += chunk.npages
+        self.data_bytes += len(chunk.parts[2])
 
     def finish(self) -> None:
         """Write the trailer; fsync if the image is a regular file."""
@@ -105,6 +104,30 @@ class ImageWriter:
                 os.fsync(self.fd)
         except OSError as e:
             raise from_oserror(e, f"syncing the {self.what}", fd=self.fd) from e
+
+
+def frame_of(tag: int, flags: int, parts: list) -> tuple[bytes, bytes]:
+    """The frame header and checksum of a record made of parts."""
+    head = FRAME.pack(tag, flags, sum(len(p) for p in parts))
+    return head, CRC.pack(crc32c(head, *parts))
+
+
+@dataclass
+class PageChunk:
+    head: bytes
+    parts: list
+    crc: bytes
+    npages: int
+
+
+def page_chunk_frame(round_: int, runs, nruns: int, data, raw_len: int, lz4: bool,
+                     npages: int) -> PageChunk:
+    """Frame a PAGES record (round, flags, raw_len, run count, runs, data);
+    the checksum is computed here, which releases the GIL."""
+    parts = [PAGES_HEAD.pack(round_, schema.PAGES_FLAG_LZ4 if lz4 else 0, raw_len, nruns),
+             runs, data]
+    head, crc = frame_of(schema.PAGES.tag, 0, parts)
+    return PageChunk(head, parts, crc, npages)
 
 
 @dataclass
@@ -282,10 +305,23 @@ class Output:
         except OSError as e:
             raise ImageIOError(f"cannot create {path}: {e.strerror}", path=path) from e
 
-    def commit(self) -> None:
-        """The image is complete (and synced by the writer): put it in place."""
+    def preallocate(self, nbytes: int) -> None:
+        """Reserve room for the image before the process is frozen, so that
+        the file system's allocation is not paid while it is (best effort:
+        the estimate may be far too large, the real size is set by commit)."""
+        if self.tmp and nbytes > 0:
+            try:
+                os.posix_fallocate(self.fd, 0, nbytes)
+            except OSError:
+                os.ftruncate(self.fd, 0)
+
+    def commit(self, size: int) -> None:
+        """The image of `size` bytes is complete: cut the file to it, sync,
+        and put it in place."""
         if self.tmp:
             try:
+                os.ftruncate(self.fd, size)
+                os.fsync(self.fd)
                 os.rename(self.tmp, self.path)
                 dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
                 try:
