@@ -181,12 +181,17 @@ def worker_grab(pid: int, image: str) -> dict:
     this process's peak RSS."""
     t0 = time.perf_counter()
     from umig import capture
+    from umig.image.stream import Output
     base = _vm_hwm()
-    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    out = Output(image)          # as `umig grab -o IMAGE` does (preallocated, renamed)
     try:
-        st = capture.grab(pid, fd, finish="kill")
+        st = capture.grab(pid, out.fd, finish="kill", on_complete=out.commit,
+                          prepare=out.preallocate)
+    except BaseException:
+        out.abort()
+        raise
     finally:
-        os.close(fd)
+        out.close()
     return {"frozen_s": st.frozen_s, "wall_s": st.wall_s, "image_bytes": st.image_bytes,
             "pages": st.pages, "data_pages": st.data_pages, "vmas": st.vmas, "fds": st.fds,
             "hwm_bytes": _vm_hwm(), "hwm_after_import_bytes": base,

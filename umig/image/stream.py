@@ -164,23 +164,25 @@ class ImageReader:
         self._buf = bytearray()
 
     def _read(self, n: int) -> memoryview:
-        """Exactly n bytes, or fewer at the end of the stream."""
-        out = bytearray(n)
-        view = memoryview(out)
+        """Exactly n bytes, or fewer at the end of the stream.  One read()
+        gets a whole record from a file (no zero-filled buffer first); a pipe
+        may need several."""
+        parts: list[bytes] = []
         got = 0
         while got < n:
             try:
-                k = os.readv(self.fd, [view[got:]])
+                chunk = os.read(self.fd, n - got)
             except InterruptedError:
                 continue
             except OSError as e:
                 raise from_oserror(e, f"reading the {self.what} at byte {self.offset + got}",
                                    fd=self.fd) from e
-            if k == 0:
+            if not chunk:
                 break
-            got += k
+            parts.append(chunk)
+            got += len(chunk)
         self.offset += got
-        return view[:got]
+        return memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def _header(self) -> None:
         head = self._read(16)

@@ -24,6 +24,7 @@ import resource
 import signal
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -211,34 +212,54 @@ class Child:
             self.memfd = -1
 
 
+def _place(child: Child, frame, round_: int, flags: int, raw_len: int, runs, data) -> None:
+    """Decompress one PAGES record and write it into the child (no GIL held
+    in either: this runs beside the reading of the next record)."""
+    if flags & schema.PAGES_FLAG_LZ4:
+        try:
+            data = lz4.block.decompress(data, uncompressed_size=raw_len)
+        except lz4.block.LZ4BlockError as e:
+            raise BadImage(f"record {frame.index} (PAGES) at byte {frame.offset} does not "
+                           f"decompress: {e}", record=frame.index, offset=frame.offset)
+    if len(data) != raw_len:
+        raise BadImage(f"record {frame.index} (PAGES) at byte {frame.offset} holds "
+                       f"{len(data)} bytes, not {raw_len}", record=frame.index)
+    r = lib.umig_scatter(child.pid, child.memfd, ffi.from_buffer("struct umig_run[]", runs),
+                         len(runs) // 16, ffi.from_buffer("uint8_t[]", data), raw_len,
+                         1 if round_ else 0)
+    if r < 0:
+        if r == -14:    # EFAULT: the image's pages lie outside its VMAs
+            raise BadImage(f"record {frame.index} (PAGES) at byte {frame.offset} has pages "
+                           f"outside the image's memory map", record=frame.index)
+        raise RestoreFailed(f"writing pages into process {child.pid} failed: "
+                            f"{os.strerror(-r)}")
+
+
 def _feed_pages(child: Child, loaded: Loaded, check) -> int:
-    """Write every PAGES record into the child; the reader verifies the
-    trailer when they end, and here its counts are held against what came."""
+    """Write every PAGES record into the child: this thread reads and
+    checksums the stream, a second one decompresses and writes (one record
+    behind).  The reader verifies the trailer when the pages end, and here
+    its counts are held against what came."""
     pages = records = data_bytes = 0
-    for frame in loaded.page_frames():
-        round_, flags, raw_len, runs, data = decode_pages(frame)
-        if flags & schema.PAGES_FLAG_LZ4:
-            try:
-                data = lz4.block.decompress(data, uncompressed_size=raw_len)
-            except lz4.block.LZ4BlockError as e:
-                raise BadImage(f"record {frame.index} (PAGES) at byte {frame.offset} does not "
-                               f"decompress: {e}", record=frame.index, offset=frame.offset)
-        if len(data) != raw_len:
-            raise BadImage(f"record {frame.index} (PAGES) at byte {frame.offset} holds "
-                           f"{len(data)} bytes, not {raw_len}", record=frame.index)
-        nruns = len(runs) // 16
-        r = lib.umig_scatter(child.pid, child.memfd, ffi.from_buffer("struct umig_run[]", runs), nruns,
-                             ffi.from_buffer("uint8_t[]", data), raw_len, 1 if round_ else 0)
-        if r < 0:
-            if r == -14:    # EFAULT: the image's pages lie outside its VMAs
-                raise BadImage(f"record {frame.index} (PAGES) at byte {frame.offset} has pages "
-                               f"outside the image's memory map", record=frame.index)
-            raise RestoreFailed(f"writing pages into process {child.pid} failed: "
-                                f"{os.strerror(-r)}")
-        pages += sum(struct.unpack_from("<I", runs, i + 8)[0] for i in range(0, len(runs), 16))
-        records += 1
-        data_bytes += len(frame.payload) - 16 - len(runs)
-        check()
+    pending: list = []
+    with ThreadPoolExecutor(1, thread_name_prefix="umig-place") as pool:
+        try:
+            for frame in loaded.page_frames():
+                round_, flags, raw_len, runs, data = decode_pages(frame)
+                if pending:
+                    pending.pop().result()
+                pending.append(pool.submit(_place, child, frame, round_, flags, raw_len,
+                                           runs, data))
+                pages += sum(struct.unpack_from("<I", runs, i + 8)[0]
+                             for i in range(0, len(runs), 16))
+                records += 1
+                data_bytes += len(data)
+                check()
+            if pending:
+                pending.pop().result()
+        finally:
+            for f in pending:
+                f.cancel()
     t = loaded.reader.trailer
     if t is None or (t["page_records"], t["pages"], t["data_bytes"]) != (records, pages, data_bytes):
         raise BadImage(f"the image's trailer counts {t and t['page_records']} page records, "
