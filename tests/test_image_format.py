@@ -519,3 +519,19 @@ def test_info_into_a_closed_pipe_exits_quietly(real_image, args):
     finally:
         os.close(wfd)
     assert (r.returncode, r.stderr) == (0, "")
+
+
+def test_fields_appended_later_decode_as_absent_from_older_records():
+    """GIVEN an FD record written before its last two fields existed (the
+    payload simply ends there, as an older umig of the same format version
+    wrote it)
+    WHEN a reader that knows the longer record decodes it
+    THEN the known fields come out as written and the missing ones as absent
+    (0), instead of the record being called malformed."""
+    full = {"fd": 3, "kind": "file", "flags": 0o2001, "cloexec": 1, "pos": 42,
+            "path": "/etc/hosts", "mode": 0o100644, "dev": 1, "ino": 2, "rdev": 0,
+            "size": 99, "mtime_ns": 123456789}
+    payload = schema.FD.encode(full)
+    older = payload[:-16]            # without size and mtime_ns (u64 each)
+    got = schema.FD.decode(older)
+    assert got == {**full, "size": 0, "mtime_ns": 0}

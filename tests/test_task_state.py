@@ -84,9 +84,12 @@ def test_task_state_seen_from_outside_is_unchanged(procs, tmp_path):
     r = run_umig("grab", "-o", str(img), str(src.pid))
     assert r.returncode == 0, r.stderr
     src.wait(timeout=5)
-    res = procs.start(umig_cmd("resume", str(img)), stdout=subprocess.PIPE,
+    # --detach prints the pid once the process runs untraced, on the same
+    # stdout the resumed process writes to
+    res = procs.start(umig_cmd("resume", "--detach", str(img)), stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE)
-    time.sleep(0.3)
+    assert readline(res.stdout, timeout=30) == f"{src.pid}\n"
+    procs.adopt(src.pid)
     after = outside_view(src.pid)
     for key in before:
         assert after[key] == before[key], key

@@ -367,6 +367,7 @@ def _present_ranges(t: Target, vmas: list[dict]) -> list[tuple[int, int, int]]:
     vec = ffi.new("struct umig_region[]", cap)
     walk_end = ffi.new("uint64_t *")
     use_scan = True
+    scanned = False          # PAGEMAP_SCAN worked once: its errors are real
     for v in vmas:
         if v["content"] == schema.CONTENT_NONE:
             continue
@@ -384,9 +385,10 @@ def _present_ranges(t: Target, vmas: list[dict]) -> list[tuple[int, int, int]]:
                 n = lib.umig_scan(t.pagemapfd, start, end, CAT_PRESENT | CAT_SWAPPED,
                                   CAT_PRESENT | CAT_SWAPPED | CAT_FILE | CAT_PFNZERO,
                                   vec, cap, walk_end)
-                if n < 0 and not ranges and -n in (22, 25):   # EINVAL/ENOTTY: no PAGEMAP_SCAN
+                if n < 0 and not scanned and -n in (22, 25):  # EINVAL/ENOTTY: no PAGEMAP_SCAN
                     use_scan = False
                     continue
+                scanned = scanned or n >= 0
             else:
                 n = lib.umig_scan_pagemap(t.pagemapfd, start, end, vec, cap, walk_end)
             if n < 0:
@@ -688,15 +690,23 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     return stats
 
 
-def _died(pid: int) -> str:
-    """How the tracee ended, if it did ("" if it is still there)."""
-    try:
-        st = tracing.wait(pid, nohang=True)
-    except ChildProcessError:
-        return "went away"
-    if st is not None and st.kind in ("exited", "killed"):
-        return str(st)
-    return ""
+def _died(pid: int, settle: float = 0.5) -> str:
+    """How the tracee ended, if it did ("" if it is still there).
+
+    Called after an error: a tracee killed by SIGKILL loses its memory
+    (reads fail with EIO) before its exit is reported to the tracer, so
+    give an exit in progress `settle` seconds to show up."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            st = tracing.wait(pid, nohang=True)
+        except ChildProcessError:
+            return "went away"
+        if st is not None and st.kind in ("exited", "killed"):
+            return str(st)
+        if time.monotonic() >= deadline:
+            return ""
+        time.sleep(0.01)
 
 
 def _readlink(path: str) -> str:

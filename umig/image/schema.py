@@ -76,6 +76,10 @@ class Record:
         out: dict = {}
         for f in self.fields:
             t = f.type
+            if pos == len(mv) and pos and f.name not in out:
+                # a field appended after this image was written: absent
+                out[f.name] = _default(t)
+                continue
             if t in _FIXED:
                 fmt = "<" + _FIXED[t]
                 out[f.name] = struct.unpack_from(fmt, mv, pos)[0]
@@ -122,6 +126,21 @@ class Record:
             fmt = "<" + "".join(_FIXED.get(i.type) or (i.type[1:] + "s") for i in f.items)
             st = self._item_structs[f.name] = struct.Struct(fmt)
         return st
+
+
+def _default(t: str):
+    """The value of a field missing from an older record of the same version."""
+    if t in _FIXED:
+        return 0
+    if t.startswith("u64*"):
+        return [0] * int(t[4:])
+    if t == "str":
+        return ""
+    if t == "array":
+        return []
+    if t[0] == "s" and t[1:].isdigit():
+        return bytes(int(t[1:]))
+    return b""
 
 
 def _u64s(*names: str, show: str = "hex") -> tuple[F, ...]:
