@@ -347,3 +347,31 @@ def test_leave_running_keeps_source_and_image_resumes_as_new_pid(victim, procs, 
     rpid = procs.adopt(int(r.stdout.split()[-1]))
     assert rpid != src.pid
     assert f"resumed as pid {rpid}" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("preread", ["on", "off"])
+def test_memory_written_while_it_is_pre_read_is_taken_as_frozen(victim, procs, tmp_path,
+                                                                 preread):
+    """GIVEN 64 MiB whose first 8 MiB a process rewrites without pause, page by
+    page, each page holding its counter and a pattern of it, and a total
+    WHEN it is grabbed with pre-reading (memory read while it runs) and resumed
+    THEN every page matches its pattern and the counters sum to the total (a
+    page kept from before a write, or torn by one, fails), and with
+    pre-reading the cold chunks were kept and the hot ones read again."""
+    out = tmp_path / "out"
+    src = procs.start([victim("churn")], stdout=out.open("w"))
+    assert wait_lines(out, 1, timeout=20)[0] == "ready"
+    img = tmp_path / "img"
+    r = grab(src.pid, img, "-v", "--preread", preread)
+    src.wait(timeout=5)
+    msg = r.stderr.decode()
+    if preread == "on":
+        m = re.search(r"(\d+) pre-read chunks kept, (\d+) read again frozen", msg)
+        assert m, msg
+        kept, again = int(m[1]), int(m[2])
+        assert kept >= 8 and again >= 1, msg     # 40 MiB budget: >= 8 cold windows
+    else:
+        assert "pre-read" not in msg, msg
+    rpid = resume_detached(img, procs)
+    os.kill(rpid, signal.SIGUSR1)
+    assert wait_lines(out, 2, timeout=20)[1] == "PASS"

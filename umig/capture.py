@@ -23,7 +23,7 @@ from typing import Callable
 
 import lz4.block
 
-from . import __version__, cpu, fdtable, procfs, tracing
+from . import __version__, cpu, fdtable, precopy, procfs, tracing
 from .errors import (AccessDenied, Interrupted, NoProcess, Refused, UmigError,
                      from_oserror)
 from .critical import critical
@@ -60,6 +60,7 @@ class GrabStats:
     vmas: int = 0
     fds: int = 0
     finish: str = ""
+    precopy: str = ""              # what pre-reading did, for -v
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Target:
     stat: list = field(default_factory=list)
     memfd: int = -1
     pagemapfd: int = -1
+    tracking: bool = False      # our userfaultfd write-protects its memory (precopy.py)
 
 
 def _refuse_early(pid: int) -> Target:
@@ -278,7 +280,7 @@ def _siginfo_signo(info: bytes) -> int:
 
 # ---------------------------------------------------------------- memory
 
-def _vma_kind(v: procfs.Vma, pid: int) -> tuple[int, int]:
+def _vma_kind(v: procfs.Vma, pid: int, tracking: bool = False) -> tuple[int, int]:
     """(kind, content) of a VMA, or Refused for what we cannot move."""
     p = v.path
     if p == "[heap]":
@@ -309,7 +311,7 @@ def _vma_kind(v: procfs.Vma, pid: int) -> tuple[int, int]:
     if p.startswith("["):
         raise Refused(f"process {pid} has a special mapping {p} at {v.start:#x} that umig "
                       f"cannot move", pid=pid)
-    if "um" in v.vmflags or "uw" in v.vmflags:
+    if "um" in v.vmflags or ("uw" in v.vmflags and not tracking):
         raise Refused(f"process {pid} has userfaultfd registered on {v.start:#x}-{v.end:#x}",
                       pid=pid)
     return schema.VMA_FILE, schema.CONTENT_FILE
@@ -320,7 +322,8 @@ def _vma_records(t: Target, vmas: list[procfs.Vma]) -> list[dict]:
     for v in vmas:
         if v.path == "[vsyscall]":
             continue
-        kind, content = _vma_kind(v, t.pid)
+        kind, content = _vma_kind(v, t.pid, t.tracking)
+        vmflags = [f for f in v.vmflags if not (t.tracking and f == "uw")]
         rec = {"start": v.start, "end": v.end, "pgoff": v.offset, "prot": v.prot,
                "flags": (schema.VMA_SHARED if v.shared else 0)
                | (schema.VMA_GROWSDOWN if "gd" in v.vmflags else 0)
@@ -330,7 +333,7 @@ def _vma_records(t: Target, vmas: list[procfs.Vma]) -> list[dict]:
                "path": v.path if kind == schema.VMA_FILE else
                (v.path if v.path.startswith("[") else ""),
                "dev": os.makedev(v.major, v.minor), "ino": v.inode, "file_size": 0,
-               "mtime_ns": 0, "vmflags": " ".join(sorted(v.vmflags))}
+               "mtime_ns": 0, "vmflags": " ".join(sorted(vmflags))}
         if kind == schema.VMA_FILE:
             st = _stat_mapped(t.pid, v)
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -408,19 +411,24 @@ def _present_ranges(t: Target, vmas: list[dict]) -> list[tuple[int, int, int]]:
 
 
 def _chunks(ranges: list[tuple[int, int, int]]):
-    """Split ranges into lists of at most CHUNK_PAGES pages."""
+    """Group ranges by aligned windows of CHUNK_PAGES pages: one chunk holds
+    the pages of one window.  A chunk's bounds then do not depend on the
+    pages before it, so a pre-read chunk still matches the chunk made at the
+    freeze when memory elsewhere changed (precopy.py)."""
+    window = CHUNK_PAGES * PAGE
     cur: list[tuple[int, int, int]] = []
-    used = 0
+    cur_window = -1
     for addr, npages, flags in ranges:
-        while npages:
-            take = min(npages, CHUNK_PAGES - used)
-            cur.append((addr, take, flags))
-            used += take
-            addr += take * PAGE
-            npages -= take
-            if used == CHUNK_PAGES:
+        end = addr + npages * PAGE
+        while addr < end:
+            w = addr // window
+            if w != cur_window and cur:
                 yield cur
-                cur, used = [], 0
+                cur = []
+            cur_window = w
+            stop = min(end, (w + 1) * window)
+            cur.append((addr, (stop - addr) // PAGE, flags))
+            addr = stop
     if cur:
         yield cur
 
@@ -469,15 +477,14 @@ def _produce(t: Target, chunk: _Chunk, ranges) -> tuple[PageChunk, int]:
     return pc, n // PAGE
 
 
-def _write_pages(t: Target, w: ImageWriter, ranges, check: Callable[[], None]) -> int:
-    """Two threads read, compress and checksum chunks while this one writes
-    them in order.  Three buffers: one being written, two being filled.
-    Returns the number of data pages."""
-    chunks = list(_chunks(ranges))
+def _produced(t: Target, chunks: list, check: Callable[[], None]):
+    """Yield (PageChunk, data pages) for each chunk, in order.  Two threads
+    read, compress and checksum while the consumer writes; three buffers:
+    one being written, two being filled.  The consumer must be done with a
+    chunk before it asks for the next (its buffer is filled again)."""
     if not chunks:
-        return 0
+        return
     bufs = [_Chunk() for _ in range(3)]
-    data_pages = 0
     pending: collections.deque = collections.deque()
     nxt = 0
     with ThreadPoolExecutor(2, thread_name_prefix="umig-read") as pool:
@@ -486,17 +493,86 @@ def _write_pages(t: Target, w: ImageWriter, ranges, check: Callable[[], None]) -
                 pending.append(pool.submit(_produce, t, bufs[nxt % 3], chunks[nxt]))
                 nxt += 1
             while pending:
-                pc, pages = pending.popleft().result()
+                done = pending.popleft().result()
                 if nxt < len(chunks):     # its buffer's last chunk was written already
                     pending.append(pool.submit(_produce, t, bufs[nxt % 3], chunks[nxt]))
                     nxt += 1
-                w.page_chunk(pc)
-                data_pages += pages
+                yield done
                 check()
         finally:
             for f in pending:
                 f.cancel()
+            for f in pending:
+                try:
+                    f.result()            # no thread may still fill a buffer
+                except BaseException:
+                    pass
+
+
+def _write_pages(t: Target, w: ImageWriter, ranges, check: Callable[[], None],
+                 cache: precopy.Cache | None = None,
+                 unchanged: precopy.Unchanged | None = None) -> int:
+    """Write the pages of `ranges`: pre-read chunks that still hold from
+    the cache, the rest read now.  Returns the number of data pages."""
+    chunks = list(_chunks(ranges))
+    kept = [cache.take(c, unchanged) if cache else None for c in chunks]
+    fresh = _produced(t, [c for c, k in zip(chunks, kept) if k is None], check)
+    data_pages = 0
+    try:
+        for k in kept:
+            pc, pages = k if k is not None else next(fresh)
+            w.page_chunk(pc)
+            data_pages += pages
+    finally:
+        fresh.close()
     return data_pages
+
+
+def _preread(t: Target, check: Callable[[], None]) -> tuple[precopy.Tracker, precopy.Cache]:
+    """Start write tracking (a short freeze to inject userfaultfd), then read
+    and compress memory while the process runs, up to the cache's budget."""
+    fr = Freezer(t)
+    tracker = precopy.Tracker(t.pid)
+    try:
+        with critical():
+            fr.freeze()
+        smaps = procfs.parse_smaps(procfs.read(t.pid, "smaps"))
+        vmas = _vma_records(t, smaps)          # refuses what grab would refuse
+        vdso = _vdso_record(t, smaps)
+        gadget = find_gadget(vdso["image"], vdso["vdso_start"]) if vdso else None
+        with Injector(t.pid, t.memfd, gadget) as inj:
+            tracker.take_fd(inj)
+    except BaseException:
+        tracker.close()
+        raise
+    finally:
+        with critical():
+            fr.thaw()
+    cache = precopy.Cache()
+    try:
+        tracker.protect(vmas)
+        t.tracking = bool(tracker.spans)
+        if not t.tracking:
+            return tracker, cache
+        chunks = list(_chunks(_present_ranges(t, vmas)))
+        fresh = _produced(t, chunks, check)
+        try:
+            for chunk, (pc, pages) in zip(chunks, fresh):
+                cache.put(chunk, pc, pages)
+                if cache.full():
+                    break
+        finally:
+            fresh.close()
+    except Interrupted:
+        tracker.close()
+        raise
+    except (OSError, UmigError):
+        pass    # the process changed under the reading: what was read stays,
+        #         checked at the freeze like the rest
+    except BaseException:
+        tracker.close()
+        raise
+    return tracker, cache
 
 
 # ---------------------------------------------------------------- the rest
@@ -554,12 +630,15 @@ def _close_proc(t: Target) -> None:
 def grab(pid: int, out_fd: int, finish: str = "kill",
          interrupted: Callable[[], bool] = lambda: False,
          on_complete: Callable[[int], None] = lambda size: None,
-         prepare: Callable[[int], None] = lambda estimate: None) -> GrabStats:
+         prepare: Callable[[int], None] = lambda estimate: None,
+         preread: str = "auto") -> GrabStats:
     """Write the image of process pid to out_fd; once it is complete (and
     on_complete(size), which puts a file image in place, succeeded) kill it
     (finish="kill"), thaw it ("running") or leave it stopped ("stopped").
     prepare(estimate) gets an upper bound of the image size before the
-    freeze (to preallocate a file)."""
+    freeze (to preallocate a file).  preread: "on", "off" or "auto" (on for
+    processes of precopy.MIN_RSS and more): read memory before the freeze
+    (precopy.py)."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid)
@@ -569,6 +648,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     prepare(rss_kb * 1024 + (4 << 20))
     fr = Freezer(t)
     done = False
+    tracker: precopy.Tracker | None = None
+    cache: precopy.Cache | None = None
 
     def check() -> None:
         if interrupted():
@@ -576,6 +657,12 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                               pid=pid)
 
     try:
+        if preread == "on" or (preread == "auto" and rss_kb * 1024 >= precopy.MIN_RSS):
+            try:
+                tracker, cache = _preread(t, check)
+                stats.precopy = f"{len(cache.chunks)} chunks pre-read"
+            except OSError as e:
+                stats.precopy = f"off ({e.strerror or e})"
         with critical():
             fr.freeze()
         check()
@@ -644,7 +731,11 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         for f in fds:
             w.record(schema.FD, f)
         ranges = _present_ranges(t, vmas)
-        stats.data_pages = _write_pages(t, w, ranges, check)
+        unchanged = tracker.unchanged(t.pagemapfd, smaps) if tracker else None
+        stats.data_pages = _write_pages(t, w, ranges, check, cache, unchanged)
+        if cache:
+            stats.precopy = (f"{cache.reused} pre-read chunks kept, {cache.reread} read "
+                             f"again frozen")
         w.record(schema.ROUND_END, {"round": 0, "pages": w.pages,
                                     "records": w.page_records})
         check()
@@ -674,6 +765,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         if not done:
             with critical():
                 fr.thaw()
+        if tracker and not done:
+            tracker.close()
         _close_proc(t)
 
     # the image is complete (and synced): now, and only now, finish the source
@@ -684,6 +777,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             fr.leave_stopped()
         else:
             fr.thaw()
+    if tracker:
+        tracker.close()      # ends the tracking (after the kill: not frozen time)
     stats.finish = finish
     stats.frozen_s = (fr.killed_at or time.perf_counter()) - fr.frozen_at
     stats.wall_s = time.perf_counter() - t0

@@ -74,7 +74,8 @@ def cmd_grab(args) -> int:
     finish = "running" if args.leave_running else "stopped" if args.leave_stopped else "kill"
     try:
         stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
-                             on_complete=out.commit, prepare=out.preallocate)
+                             on_complete=out.commit, prepare=out.preallocate,
+                             preread=args.preread)
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise
@@ -84,8 +85,8 @@ def cmd_grab(args) -> int:
         state = {"kill": "killed", "running": "left running", "stopped": "left stopped"}[finish]
         print(f"umig: grabbed process {stats.pid}: {stats.image_bytes / 2**20:.1f} MiB image, "
               f"{stats.pages} pages ({stats.data_pages} with data), {stats.vmas} mappings, "
-              f"{stats.fds} fds; frozen {stats.frozen_s * 1000:.0f} ms; {state}",
-              file=sys.stderr)
+              f"{stats.fds} fds; frozen {stats.frozen_s * 1000:.0f} ms; {state}"
+              + (f"; {stats.precopy}" if stats.precopy else ""), file=sys.stderr)
     return 0
 
 
@@ -174,6 +175,9 @@ def parser() -> argparse.ArgumentParser:
                      help="let the process carry on after the image is written")
     how.add_argument("--leave-stopped", action="store_true",
                      help="leave the process stopped (SIGSTOP) after the image is written")
+    g.add_argument("--preread", choices=("auto", "on", "off"), default="auto",
+                   help="read and compress memory before freezing the process and keep "
+                        "what it does not write meanwhile (auto: from 16 MiB resident)")
     g.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
     g.set_defaults(func=cmd_grab)
 

@@ -1,0 +1,72 @@
+/* 64 MiB of pages, each "counter | pattern of the counter"; the first 8 MiB
+ * are rewritten without pause (the hot part), the rest stay as written.
+ * `total` holds the sum of all counters.  Prints "ready"; on SIGUSR1 checks
+ * every page and the total and prints PASS or FAIL (a page copied before a
+ * write and kept after it, or torn by one, fails). */
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define SIZE (64UL << 20)
+#define HOT (8UL << 20)
+#define PAGE 4096UL
+#define WORDS (PAGE / 8)
+
+static volatile sig_atomic_t go;
+static volatile uint64_t total;
+
+static void on_usr1(int s) { (void)s; go = 1; }
+
+static void fill(uint64_t *pg, uint64_t c)
+{
+    pg[0] = c;
+    for (unsigned i = 1; i < WORDS; i++)
+        pg[i] = c * 0x9E3779B97F4A7C15ULL + i;
+}
+
+static int check(uint64_t *mem)
+{
+    uint64_t sum = 0;
+    for (size_t p = 0; p < SIZE / PAGE; p++) {
+        uint64_t *pg = mem + p * WORDS;
+        for (unsigned i = 1; i < WORDS; i++)
+            if (pg[i] != pg[0] * 0x9E3779B97F4A7C15ULL + i)
+                return 0;
+        sum += pg[0];
+    }
+    return sum == total;
+}
+
+int main(void)
+{
+    uint64_t *mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return 1;
+    signal(SIGUSR1, on_usr1);
+    for (size_t p = 0; p < SIZE / PAGE; p++) {
+        fill(mem + p * WORDS, p + 1);
+        total += p + 1;
+    }
+    printf("ready\n");
+    fflush(stdout);
+    uint64_t x = 88172645463325252ULL;
+    while (!go) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        size_t p = x % (HOT / PAGE);
+        uint64_t *pg = mem + p * WORDS;
+        uint64_t c = pg[0];
+        /* the signal is blocked while a page and the total disagree */
+        sigset_t all, old;
+        sigfillset(&all);
+        sigprocmask(SIG_BLOCK, &all, &old);
+        fill(pg, c + 1);
+        total += 1;
+        sigprocmask(SIG_SETMASK, &old, NULL);
+    }
+    printf("%s\n", check(mem) ? "PASS" : "FAIL");
+    fflush(stdout);
+    return 0;
+}

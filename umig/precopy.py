@@ -1,0 +1,192 @@
+"""Pre-reading: read and compress memory while the process still runs, and
+keep what it did not write by the time it is frozen.
+
+Without soft-dirty (absent on this kernel) writes are tracked with
+userfaultfd in asynchronous write-protect mode (KERNEL-NOTES.md, "Dirty
+tracking without soft-dirty"): a `userfaultfd()` injected into the process
+is taken with pidfd_getfd and closed there again; from here its private
+VMAs are registered for write-protection and protected.  The process never
+blocks on it (WP_ASYNC: the kernel resolves the fault and clears the
+page's protection bit), and PAGEMAP_SCAN reports the pages whose bit is
+gone as WRITTEN.  Closing the fd ends the registration, so a umig that dies
+leaves nothing behind.
+
+The image format does not change: the state records still come first, so
+the pre-read chunks wait here, in memory, up to a budget, and are written
+after the freeze in place of the chunks grab would have read then.  A
+cached chunk is used only if it lists exactly the same pages as the chunk
+grab makes at the freeze, every one of them lies in a VMA still registered
+(munmap, a new mmap and mremap all drop the registration) and none was
+written since it was protected.  Anything else is read again, frozen.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import os
+import struct
+
+from .image import schema
+from .image.stream import PageChunk
+from .native import PAGE, ffi, lib, syscall
+
+NR_close, NR_userfaultfd, NR_pidfd_getfd = 3, 323, 438
+O_NONBLOCK, O_CLOEXEC, UFFD_USER_MODE_ONLY = 0o4000, 0o2000000, 1
+UFFD_API = 0xAA
+UFFD_FEATURE_WP_ASYNC = 1 << 15
+UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP = 2, 1
+CAT_WRITTEN = 2
+
+
+def _iowr(nr: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (0xAA << 8) | nr
+
+
+UFFDIO_API = _iowr(0x3F, 24)
+UFFDIO_REGISTER = _iowr(0x00, 32)
+UFFDIO_WRITEPROTECT = _iowr(0x06, 24)
+
+BUDGET = 40 << 20        # bytes of pre-read chunks kept (umig stays under 100 MiB)
+MIN_RSS = 16 << 20       # below this a frozen read is as quick as the set-up
+
+
+class Tracker:
+    """Write tracking of one process's private memory."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.uffd = -1
+        self.spans: list[tuple[int, int]] = []       # registered, address order
+
+    def take_fd(self, inj) -> None:
+        """With the process stopped under `inj`: make its userfaultfd and take it."""
+        r = inj.syscall(NR_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)
+        if r < 0:
+            raise OSError(-r, f"userfaultfd in process {self.pid}: {os.strerror(-r)}")
+        try:
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                self.uffd = syscall(NR_pidfd_getfd, pidfd, r, 0)
+            finally:
+                os.close(pidfd)
+        finally:
+            inj.syscall(NR_close, r)
+
+    def protect(self, vmas: list[dict]) -> None:
+        """Register and write-protect every private VMA with pages of its own."""
+        buf = bytearray(struct.pack("<QQQ", UFFD_API, UFFD_FEATURE_WP_ASYNC, 0))
+        fcntl.ioctl(self.uffd, UFFDIO_API, buf)
+        for v in vmas:
+            if v["flags"] & schema.VMA_SHARED or v["content"] == schema.CONTENT_NONE:
+                continue
+            start, length = v["start"], v["end"] - v["start"]
+            try:
+                fcntl.ioctl(self.uffd, UFFDIO_REGISTER,
+                            bytearray(struct.pack("<QQQQ", start, length,
+                                                  UFFDIO_REGISTER_MODE_WP, 0)))
+                fcntl.ioctl(self.uffd, UFFDIO_WRITEPROTECT,
+                            bytearray(struct.pack("<QQQ", start, length,
+                                                  UFFDIO_WRITEPROTECT_MODE_WP)))
+            except OSError:
+                continue              # this VMA is not tracked: read at the freeze
+            self.spans.append((v["start"], v["end"]))
+
+    def unchanged(self, pagemapfd: int, smaps) -> "Unchanged":
+        """At the freeze: where the pre-read copy still holds."""
+        tracked = [(v.start, v.end) for v in smaps
+                   if "uw" in v.vmflags and _inside(self.spans, v.start, v.end)]
+        written: list[tuple[int, int]] = []
+        cap = 4096
+        vec = ffi.new("struct umig_region[]", cap)
+        walk_end = ffi.new("uint64_t *")
+        for start, end in tracked:
+            while start < end:
+                n = lib.umig_scan(pagemapfd, start, end, CAT_WRITTEN, CAT_WRITTEN, vec, cap,
+                                  walk_end)
+                if n < 0:
+                    return Unchanged([], [])      # cannot tell: trust nothing
+                written += [(vec[i].start, vec[i].end) for i in range(n)]
+                start = walk_end[0] if walk_end[0] > start else end
+        return Unchanged(_merge(tracked), _merge(written))
+
+    def close(self) -> None:
+        if self.uffd >= 0:
+            os.close(self.uffd)
+            self.uffd = -1
+
+
+class Unchanged:
+    """Tracked spans minus written pages."""
+
+    def __init__(self, tracked: list[tuple[int, int]], written: list[tuple[int, int]]):
+        self.tracked = tracked
+        self.written = written
+        self._ws = [s for s, _ in written]
+
+    def holds(self, chunk) -> bool:
+        for addr, npages, _flags in chunk:
+            end = addr + npages * PAGE
+            if not _inside(self.tracked, addr, end):
+                return False
+            i = bisect.bisect_right(self._ws, end - 1) - 1
+            if i >= 0 and self.written[i][1] > addr:
+                return False
+        return True
+
+
+class Cache:
+    """Pre-read chunks, by the exact list of pages they hold."""
+
+    def __init__(self, budget: int = BUDGET):
+        self.budget = budget
+        self.used = 0
+        self.chunks: dict[tuple, tuple[PageChunk, int]] = {}
+        self.reused = 0
+        self.reread = 0
+
+    def full(self) -> bool:
+        return self.used >= self.budget
+
+    def put(self, chunk, pc: PageChunk, pages: int) -> None:
+        owned = PageChunk(bytes(pc.head), [bytes(p) for p in pc.parts], bytes(pc.crc),
+                          pc.npages)
+        self.chunks[_key(chunk)] = (owned, pages)
+        self.used += sum(len(p) for p in owned.parts)
+
+    def take(self, chunk, unchanged: Unchanged) -> tuple[PageChunk, int] | None:
+        hit = self.chunks.pop(_key(chunk), None)
+        if hit is not None and unchanged.holds(chunk):
+            self.reused += 1
+            return hit
+        if hit is not None:
+            self.reread += 1
+        return None
+
+
+def _key(chunk) -> tuple:
+    return tuple(tuple(r) for r in chunk)
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _inside(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    """[start, end) lies in one span of the sorted, merged `spans`... or in
+    adjacent ones."""
+    i = bisect.bisect_right(spans, (start, 1 << 64)) - 1
+    while i >= 0 and i < len(spans) and spans[i][0] <= start:
+        if spans[i][1] >= end:
+            return True
+        if spans[i][1] <= start:
+            return False
+        start = spans[i][1]
+        i += 1
+    return False
