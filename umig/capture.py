@@ -660,7 +660,6 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         if preread == "on" or (preread == "auto" and rss_kb * 1024 >= precopy.MIN_RSS):
             try:
                 tracker, cache = _preread(t, check)
-                stats.precopy = f"{len(cache.chunks)} chunks pre-read"
             except OSError as e:
                 stats.precopy = f"off ({e.strerror or e})"
         with critical():

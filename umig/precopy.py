@@ -149,8 +149,8 @@ class Cache:
         return self.used >= self.budget
 
     def put(self, chunk, pc: PageChunk, pages: int) -> None:
-        owned = PageChunk(bytes(pc.head), [bytes(p) for p in pc.parts], bytes(pc.crc),
-                          pc.npages)
+        # the parts are views into reused read buffers: own them
+        owned = PageChunk(pc.head, [bytes(p) for p in pc.parts], pc.crc, pc.npages)
         self.chunks[_key(chunk)] = (owned, pages)
         self.used += sum(len(p) for p in owned.parts)
 
@@ -179,8 +179,7 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _inside(spans: list[tuple[int, int]], start: int, end: int) -> bool:
-    """[start, end) lies in one span of the sorted, merged `spans`... or in
-    adjacent ones."""
+    """[start, end) lies in the sorted `spans` (possibly across adjacent ones)."""
     i = bisect.bisect_right(spans, (start, 1 << 64)) - 1
     while i >= 0 and i < len(spans) and spans[i][0] <= start:
         if spans[i][1] >= end:
