@@ -286,8 +286,15 @@ int64_t umig_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t anyof_m
     a.category_anyof_mask = anyof_mask;
     a.return_mask = return_mask;
     long r = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
+    if (r < 0)
+        return -errno;
+    /* With a full vec, walk_end can lie before the end of regions already
+     * returned (seen on 6.18 with 4096 one-page regions): resuming there
+     * would report pages twice.  Go on after what was reported. */
     *walk_end = a.walk_end;
-    return r < 0 ? -errno : r;
+    if (r > 0 && out[r - 1].end > *walk_end)
+        *walk_end = out[r - 1].end;
+    return r;
 }
 
 #define PM_PRESENT (1ULL << 63)
