@@ -71,21 +71,6 @@ def test_kernel_thread_is_refused():
     assert "is a kernel thread" in r.stderr.decode()
 
 
-def test_multithreaded_is_refused_and_left_running(procs, tmp_path):
-    """GIVEN a python process with a second thread
-    WHEN grabbed THEN refused (threads are not supported yet), still running."""
-    p = procs.start(["python3", "-c", "import threading, time\n"
-                     "threading.Thread(target=time.sleep, args=(100,)).start()\n"
-                     "print('ready', flush=True); time.sleep(100)"], stdout=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
-    r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
-    assert r.returncode == Exit.REFUSED
-    assert "has 2 threads" in r.stderr.decode()
-    assert "single-threaded processes only so far" in r.stderr.decode()
-    assert not (tmp_path / "img").exists()
-    assert state(p.pid) == "S" and tracer(p.pid) == 0
-
-
 def test_umig_refuses_itself():
     """GIVEN umig asked to grab its own pid WHEN run THEN refused."""
     r = subprocess.run(["sh", "-c", f"exec {' '.join(umig_cmd())} grab -o /dev/null $$"],

@@ -90,10 +90,6 @@ def _refuse_early(pid: int) -> Target:
     if state in ("Z", "X"):
         raise Refused(f"process {pid} ({t.stat[1]}) is a zombie: it has exited and "
                       f"waits for its parent to reap it", pid=pid)
-    threads = int(t.status.get("Threads", "1"))
-    if threads > 1:
-        raise Refused(f"process {pid} ({t.stat[1]}) has {threads} threads; umig grabs "
-                      f"single-threaded processes only so far", pid=pid)
     tracer = int(t.status.get("TracerPid", "0"))
     if tracer:
         raise AccessDenied(f"process {pid} is already traced by process {tracer} "
@@ -159,71 +155,184 @@ def _why_not_traceable(pid: int, t: Target) -> AccessDenied:
                         f"non-dumpable, e.g. a set-uid program)", pid=pid)
 
 
+def _tids(pid: int) -> list[int]:
+    """The process's threads, leader first."""
+    try:
+        tids = sorted(int(x) for x in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        raise NoProcess(f"process {pid} went away", pid=pid) from None
+    return sorted(tids, key=lambda t: t != pid)
+
+
+def _tracer(pid: int, tid: int) -> int:
+    try:
+        return int(procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
+                   .get("TracerPid", "0"))
+    except (OSError, UmigError, ValueError):
+        return 0
+
+
+SEIZE_ROUNDS = 20
+EINTR = 4
+# Calls that fail with EINTR, not a restart code, when their thread is
+# merely stopped (signal(7): "interruption of system calls by stop
+# signals"); umig's own freeze would break them.  x86_64 numbers:
+# semop, rt_sigtimedwait, io_getevents, semtimedop, epoll_wait,
+# epoll_pwait, io_pgetevents, epoll_pwait2.
+EINTR_ON_STOP = {65, 128, 208, 220, 232, 281, 333, 441}
+
+
 class Freezer:
-    """Seizes and interrupts the process; thaw() or kill() ends it."""
+    """Seizes and interrupts every thread of the process; thaw() or kill()
+    ends it.
+
+    Threads are seized with PTRACE_O_TRACECLONE, so one cloned by a seized
+    thread is traced from its first instruction; one cloned by a thread not
+    yet seized shows up when /proc/PID/task is listed again.  The freeze is
+    done when every listed thread is in a ptrace stop and the list no longer
+    changes."""
 
     def __init__(self, t: Target):
         self.t = t
         self.pid = t.pid
         self.frozen_at = 0.0
         self.killed_at = 0.0
-        self.attached = False
+        self.tids: list[int] = []        # seized, leader first
+        self._stopped: set[int] = set()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self.tids)
+
+    @attached.setter
+    def attached(self, value: bool) -> None:
+        if not value:
+            self.tids = []
+            self._stopped = set()
 
     def freeze(self) -> None:
         pid = self.pid
         try:
-            tracing.seize(pid)
+            self._seize(pid)
         except OSError as e:
             if e.errno == 3:
                 raise NoProcess(f"process {pid} went away", pid=pid) from None
             if e.errno == 1:
                 raise _why_not_traceable(pid, self.t) from None
             raise from_oserror(e, f"seizing process {pid}", pid=pid) from e
-        self.attached = True
-        tracing.interrupt(pid)
-        while True:
-            st = tracing.wait(pid)
-            if st.kind == "event-stop":
-                break
-            if st.kind in ("exited", "killed"):
-                self.attached = False
-                raise NoProcess(f"process {pid} {st} while umig froze it", pid=pid)
-            # a signal arrived first: let it through, the interrupt is still pending
-            tracing.cont(pid, st.value if st.kind == "signal" else 0)
+        try:
+            for _ in range(SEIZE_ROUNDS):
+                for tid in _tids(pid):
+                    if tid not in self.tids:
+                        try:
+                            self._seize(tid)
+                        except OSError as e:
+                            if e.errno == 1 and _tracer(pid, tid) == os.getpid():
+                                # cloned by a seized thread whose clone event we
+                                # have not read yet: traced already, and its
+                                # first stop comes by itself
+                                self.tids.append(tid)
+                            elif e.errno != 3:     # ESRCH: it exited meanwhile
+                                raise
+                while waiting := [t for t in self.tids if t not in self._stopped]:
+                    for tid in waiting:
+                        self._wait_stopped(tid)
+                if set(_tids(pid)) == set(self.tids):
+                    break
+            else:
+                raise Refused(f"process {pid} kept creating threads while umig froze it "
+                              f"({len(self.tids)} so far); try again", pid=pid)
+        except BaseException:
+            self.thaw()
+            raise
         self.frozen_at = time.perf_counter()
 
+    def _seize(self, tid: int) -> None:
+        tracing.seize(tid, tracing.PTRACE_O_TRACECLONE)
+        self.tids.append(tid)
+        tracing.interrupt(tid)
+
+    def _wait_stopped(self, tid: int) -> None:
+        """Wait until tid sits in its interrupt stop (or has exited)."""
+        pid = self.pid
+        while tid not in self._stopped:
+            st = tracing.wait(tid)
+            if st.kind == "event-stop":
+                self._stopped.add(tid)
+                self._undo_stop_eintr(tid)
+            elif st.kind in ("exited", "killed"):
+                self.tids.remove(tid)
+                if tid == pid:
+                    self.tids = []
+                    raise NoProcess(f"process {pid} {st} while umig froze it", pid=pid)
+                return
+            elif st.kind == "event" and st.value == tracing.PTRACE_EVENT_CLONE:
+                # a thread made while seizing: it is traced already (its first
+                # stop is an event stop); take it into the set
+                new = tracing.eventmsg(tid)
+                if new not in self.tids:
+                    self.tids.append(new)
+                tracing.cont(tid)
+            else:
+                # a signal arrived first: let it through, the interrupt is
+                # still pending
+                tracing.cont(tid, st.value if st.kind == "signal" else 0)
+
+    def _undo_stop_eintr(self, tid: int) -> None:
+        """A call that our stop made fail with EINTR is set to run again,
+        as if nothing had stopped it (the image and a thawed process both
+        see the restart).  rax = -EINTR with orig_rax still the call means
+        it returned just now: after a handler's rt_sigreturn orig_rax is -1."""
+        regs = tracing.getregs(tid)
+        if regs.orig_rax not in EINTR_ON_STOP or regs.rax != (1 << 64) - EINTR:
+            return
+        try:
+            if os.pread(self.t.memfd, 2, regs.rip - 2) != b"\x0f\x05":
+                return
+        except OSError:
+            return
+        regs.rax = regs.orig_rax
+        regs.rip -= 2
+        tracing.setregs(tid, regs)
+
     def thaw(self) -> None:
-        if self.attached:
+        for tid in self.tids:
             try:
-                tracing.detach(self.pid)
+                tracing.detach(tid)
             except OSError:
                 pass
-            self.attached = False
+        self.attached = False
 
     def leave_stopped(self) -> None:
+        for tid in self.tids[1:]:
+            try:
+                tracing.detach(tid)
+            except OSError:
+                pass
         tracing.detach(self.pid, signal.SIGSTOP)
         self.attached = False
 
     def kill(self) -> None:
         os.kill(self.pid, signal.SIGKILL)
         self.killed_at = time.perf_counter()      # it ends here; reaping follows
-        while True:
-            st = tracing.wait(self.pid)
-            if st.kind in ("exited", "killed"):
-                break
+        for tid in self.tids[1:] + self.tids[:1]:     # the leader is reported last
+            try:
+                while True:
+                    st = tracing.wait(tid)
+                    if st.kind in ("exited", "killed"):
+                        break
+            except ChildProcessError:
+                pass
         self.attached = False
 
 
 # ---------------------------------------------------------------- task state
 
-def _read_task(t: Target, inj: Injector) -> dict:
-    """Registers, signals and the per-task values only an injected syscall
-    can read."""
+def _read_process(t: Target, inj: Injector) -> dict:
+    """What the threads share (signal actions, timers, brk, ...), read
+    through the leader."""
     pid = t.pid
-    regs = tracing.getregs(pid)
-    out: dict = {"regs": tracing.regs_to_tuple(regs), "xsave": tracing.get_xstate(pid)}
-    out["sigmask"] = inj.original_mask      # the injector blocks all while it runs
-
+    out: dict = {}
     actions = []
     for sig in range(1, 65):
         r = inj.syscall(NR_rt_sigaction, sig, 0, inj.scratch, 8)
@@ -234,12 +343,6 @@ def _read_task(t: Target, inj: Injector) -> dict:
         actions.append({"handler": h, "flags": fl, "restorer": rest, "mask": mask})
     out["actions"] = actions
 
-    inj.syscall(NR_sigaltstack, 0, inj.scratch)
-    sp, flags, size = struct.unpack("<Qi4xQ", inj.read_scratch(24))
-    out["altstack"] = (sp, flags & ~SS_ONSTACK, size)
-
-    r = inj.syscall(NR_prctl, PR_GET_TID_ADDRESS, inj.scratch)
-    out["clear_child_tid"] = struct.unpack("<Q", inj.read_scratch(8))[0] if r == 0 else 0
     r = inj.syscall(NR_prctl, PR_GET_PDEATHSIG, inj.scratch)
     out["pdeathsig"] = struct.unpack("<i", inj.read_scratch(4))[0] if r == 0 else 0
     r = inj.syscall(NR_prctl, PR_GET_SECUREBITS)
@@ -254,23 +357,35 @@ def _read_task(t: Target, inj: Injector) -> dict:
             timers.append({"which": which, "interval_sec": isec, "interval_usec": iusec,
                            "value_sec": vsec, "value_usec": vusec})
     out["itimers"] = timers
+    out["pending"] = [{"shared": 1, "sig": _siginfo_signo(i), "info": i}
+                      for i in tracing.peek_siginfo(pid, True)]
+    return out
 
-    pending = [{"shared": 0, "sig": _siginfo_signo(i), "info": i}
-               for i in tracing.peek_siginfo(pid, False)]
-    pending += [{"shared": 1, "sig": _siginfo_signo(i), "info": i}
-                for i in tracing.peek_siginfo(pid, True)]
-    out["pending"] = pending
 
-    rseq, rseq_len, rseq_sig, _ = tracing.rseq_config(pid)
-    out["rseq"] = (rseq, rseq_len, rseq_sig)
+def _read_thread(pid: int, tid: int, inj: Injector) -> dict:
+    """One thread's own state: the THREAD record's values."""
+    regs = tracing.getregs(tid)
+    out: dict = {"tid": tid, "regs": tracing.regs_to_tuple(regs),
+                 "xsave": tracing.get_xstate(tid),
+                 "sigmask": inj.original_mask}     # the injector blocks all while it runs
+    inj.syscall(NR_sigaltstack, 0, inj.scratch)
+    sp, flags, size = struct.unpack("<Qi4xQ", inj.read_scratch(24))
+    out.update(altstack_sp=sp, altstack_flags=flags & ~SS_ONSTACK, altstack_size=size)
+    r = inj.syscall(NR_prctl, PR_GET_TID_ADDRESS, inj.scratch)
+    out["clear_child_tid"] = struct.unpack("<Q", inj.read_scratch(8))[0] if r == 0 else 0
     rl = ffi.new("uint64_t[2]")
     try:
         from .native import syscall
-        syscall(NR_get_robust_list, pid, int(ffi.cast("uint64_t", rl)),
+        syscall(NR_get_robust_list, tid, int(ffi.cast("uint64_t", rl)),
                 int(ffi.cast("uint64_t", rl + 1)))
-        out["robust"] = (rl[0], rl[1])
+        out["robust_list"], out["robust_len"] = rl[0], rl[1]
     except OSError:
-        out["robust"] = (0, 0)
+        out["robust_list"], out["robust_len"] = 0, 0
+    out["rseq"], out["rseq_len"], out["rseq_sig"], _ = tracing.rseq_config(tid)
+    out["comm"] = procfs.read(pid, f"task/{tid}/comm").decode(
+        "utf-8", "surrogateescape").rstrip("\n")
+    out["pending"] = [{"sig": _siginfo_signo(i), "info": i}
+                      for i in tracing.peek_siginfo(tid, False)]
     return out
 
 
@@ -667,9 +782,6 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         check()
         # re-check what may have changed before the freeze
         status = procfs.parse_status(procfs.read(pid, "status"))
-        if int(status.get("Threads", "1")) > 1:
-            raise Refused(f"process {pid} started a thread while umig froze it; umig grabs "
-                          f"single-threaded processes only so far", pid=pid)
         if _children(pid):
             raise Refused(f"process {pid} started a child process while umig froze it",
                           pid=pid)
@@ -685,7 +797,11 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                           pid=pid)
         gadget = find_gadget(vdso["image"], vdso["vdso_start"]) if vdso else None
         with Injector(pid, t.memfd, gadget) as inj:
-            task = _read_task(t, inj)
+            task = _read_process(t, inj)
+        threads = []
+        for tid in fr.tids:
+            with Injector(tid, t.memfd, gadget) as inj:
+                threads.append(_read_thread(pid, tid, inj))
         creds = _creds(status)
         creds["securebits"] = task["securebits"]
         check()
@@ -694,7 +810,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         w.record(schema.HEADER, header_record(pid))
         w.record(schema.PROCESS, {
             "pid": pid, "ppid": int(st[3]), "pgid": int(st[4]), "sid": int(st[5]),
-            "nthreads": 1, "comm": st[1],
+            "nthreads": len(threads), "comm": st[1],
             "exe": _readlink(f"/proc/{pid}/exe"),
             "cmdline": procfs.read(pid, "cmdline"),
             "cwd": _readlink(f"/proc/{pid}/cwd"),
@@ -716,14 +832,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             w.record(schema.VDSO, vdso)
         for v in vmas:
             w.record(schema.VMA, v)
-        sp, ssflags, sssize = task["altstack"]
-        w.record(schema.THREAD, {
-            "tid": pid, "regs": task["regs"], "xsave": task["xsave"],
-            "sigmask": task["sigmask"], "altstack_sp": sp, "altstack_flags": ssflags,
-            "altstack_size": sssize, "clear_child_tid": task["clear_child_tid"],
-            "robust_list": task["robust"][0], "robust_len": task["robust"][1],
-            "rseq": task["rseq"][0], "rseq_len": task["rseq"][1], "rseq_sig": task["rseq"][2],
-            "comm": st[1]})
+        for th in threads:
+            w.record(schema.THREAD, th)
         w.record(schema.SIGACTIONS, {"actions": task["actions"]})
         w.record(schema.PENDING, {"signals": task["pending"]})
         w.record(schema.ITIMERS, {"timers": task["itimers"]})
@@ -750,7 +860,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         raise Interrupted(f"{why}: process {pid} was left running as it was",
                           pid=pid) from None
     except (OSError, UmigError) as e:
-        gone = fr.attached and _died(pid)
+        gone = fr.attached and _died(pid, fr.tids)
         if gone:
             fr.attached = False
             raise NoProcess(f"process {pid} {gone} while umig grabbed it; no image was "
@@ -784,14 +894,21 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     return stats
 
 
-def _died(pid: int, settle: float = 0.5) -> str:
+def _died(pid: int, tids: list[int], settle: float = 0.5) -> str:
     """How the tracee ended, if it did ("" if it is still there).
 
     Called after an error: a tracee killed by SIGKILL loses its memory
     (reads fail with EIO) before its exit is reported to the tracer, so
-    give an exit in progress `settle` seconds to show up."""
+    give an exit in progress `settle` seconds to show up.  The leader's
+    exit is reported only once its other (traced) threads were reaped."""
     deadline = time.monotonic() + settle
     while True:
+        for tid in tids:
+            if tid != pid:
+                try:
+                    tracing.wait(tid, nohang=True)
+                except ChildProcessError:
+                    pass
         try:
             st = tracing.wait(pid, nohang=True)
         except ChildProcessError:

@@ -39,7 +39,10 @@ PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 PTRACE_PEEKSIGINFO_SHARED = 1
+PTRACE_GETEVENTMSG = 0x4201
 PTRACE_O_TRACESYSGOOD = _pt.PTRACE_O_TRACESYSGOOD
+PTRACE_O_TRACECLONE = 1 << 3
+PTRACE_EVENT_CLONE = 3
 PTRACE_O_EXITKILL = 1 << 20
 PTRACE_EVENT_STOP = 128
 NT_X86_XSTATE = 0x202
@@ -75,6 +78,13 @@ def interrupt(pid: int) -> None:
 
 def setoptions(pid: int, options: int) -> None:
     _req(PTRACE_SETOPTIONS, pid, 0, options)
+
+
+def eventmsg(pid: int) -> int:
+    """PTRACE_GETEVENTMSG: for a clone event stop, the new thread's tid."""
+    buf = ffi.new("uint64_t *")
+    _req(PTRACE_GETEVENTMSG, pid, 0, int(ffi.cast("uint64_t", buf)))
+    return buf[0]
 
 
 def cont(pid: int, sig: int = 0) -> None:

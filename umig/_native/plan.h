@@ -12,7 +12,7 @@
  * Bump UMIG_PLAN_ABI on any change of layout or meaning.
  */
 
-#define UMIG_PLAN_ABI 3
+#define UMIG_PLAN_ABI 4
 #define UMIG_PLAN_MAGIC 0x4e414c5047494d55
 
 /* Fixed offsets inside restorer.bin (see the head of restorer.c). */
@@ -47,6 +47,7 @@
 #define UMIG_STEP_TLS 18
 #define UMIG_STEP_CLOSE 19
 #define UMIG_STEP_SIGRETURN 20
+#define UMIG_STEP_THREAD 21
 
 /* madvise bits applied after the pages are in. */
 #define UMIG_MADV_DONTFORK 1
@@ -94,6 +95,28 @@ struct umig_rlim {
     uint32_t pad;
     uint64_t cur;
     uint64_t max;
+};
+
+/* A thread other than the leader: made by the leader with clone3 (set_tid
+ * when tid != 0), it restores its own state on its own stack inside the
+ * region, stops with UMIG_STOP_READY and ends in rt_sigreturn with its
+ * own frame. */
+struct umig_thread {
+    int32_t tid;             /* keep this tid; 0: any */
+    uint32_t npending;
+    uint64_t pending;        /* struct umig_pending[npending], this thread's */
+    uint64_t stack_lo;       /* its restorer stack: [stack_lo, stack_lo + stack_size) */
+    uint64_t stack_size;
+    uint64_t sigframe;       /* rsp = sigframe + 8 at rt_sigreturn */
+    uint64_t fs_base;
+    uint64_t gs_base;
+    uint64_t clear_child_tid;
+    uint64_t robust_list;
+    uint64_t robust_len;
+    uint64_t rseq;
+    uint32_t rseq_len;
+    uint32_t rseq_sig;
+    char comm[16];
 };
 
 /* = struct prctl_mm_map */
@@ -186,6 +209,11 @@ struct umig_plan {
 
     /* the rt_sigframe built by Python: rsp = sigframe + 8 at rt_sigreturn */
     uint64_t sigframe;
+
+    /* the other threads, made after the task state and before the creds */
+    uint64_t threads;        /* struct umig_thread[nthreads] */
+    uint32_t nthreads;
+    uint32_t pad2;
 
     /* progress, written by the restorer */
     uint32_t step;

@@ -74,6 +74,18 @@ __asm__(
 #define MADV_DONTFORK 10
 #define MADV_WIPEONFORK 18
 #define LINUX_CAPABILITY_VERSION_3 0x20080522
+#define CLONE_VM 0x100
+#define CLONE_FS 0x200
+#define CLONE_FILES 0x400
+#define CLONE_SIGHAND 0x800
+#define CLONE_THREAD 0x10000
+#define CLONE_SYSVSEM 0x40000
+
+/* struct clone_args up to set_tid_size (CLONE_ARGS_SIZE_VER1) */
+struct clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+    uint64_t set_tid, set_tid_size;
+};
 
 /* gcc may emit calls to these for struct copies; there is no libc. */
 void *memset(void *d, int c, unsigned long n)
@@ -234,9 +246,80 @@ static void restore_task(struct umig_plan *p)
         CHECK(UMIG_STEP_TASK, sys5(NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
     if (p->rseq)
         CHECK(UMIG_STEP_RSEQ, sys4(NR_rseq, p->rseq, p->rseq_len, 0, p->rseq_sig));
+}
+
+static void queue_own(struct umig_plan *p, struct umig_pending *q, uint32_t n)
+{
+    long pid = sys0(NR_getpid), tid = sys0(NR_gettid);
+    for (uint32_t i = 0; i < n; i++) {
+        if (q[i].shared)
+            CHECK(UMIG_STEP_SIGQUEUE, sys3(NR_rt_sigqueueinfo, pid, q[i].sig, (long)q[i].info));
+        else
+            CHECK(UMIG_STEP_SIGQUEUE, sys4(NR_rt_tgsigqueueinfo, pid, tid, q[i].sig, (long)q[i].info));
+    }
+}
+
+static void __attribute__((noreturn)) sigreturn_to(uint64_t frame)
+{
+    __asm__ volatile("movq %0, %%rsp\n"
+                     "movl $15, %%eax\n"         /* rt_sigreturn */
+                     "syscall\n"
+                     "ud2\n"
+                     :
+                     : "r"(frame + 8)
+                     : "memory");
+    __builtin_unreachable();
+}
+
+/* A thread's life in the restorer: its own registrations and credentials
+ * (credentials are per thread), the READY stop, its own signals, and
+ * rt_sigreturn into its saved registers. */
+void __attribute__((used, noreturn)) thread_main(struct umig_thread *t, struct umig_plan *p)
+{
+    if (t->robust_len)
+        CHECK(UMIG_STEP_THREAD, sys2(NR_set_robust_list, t->robust_list, t->robust_len));
+    sys1(NR_set_tid_address, t->clear_child_tid);
+    if (t->rseq)
+        CHECK(UMIG_STEP_RSEQ, sys4(NR_rseq, t->rseq, t->rseq_len, 0, t->rseq_sig));
+    CHECK(UMIG_STEP_THREAD, sys2(NR_prctl, PR_SET_NAME, (long)t->comm));
     restore_creds(p);
-    /* after the credentials: changing them clears the parent-death signal */
-    CHECK(UMIG_STEP_TASK, sys2(NR_prctl, PR_SET_PDEATHSIG, p->pdeathsig));
+    stop(UMIG_STOP_READY, 0, 0);           /* the tracer follows it from here */
+    set_mask(~0UL);
+    queue_own(p, (struct umig_pending *)t->pending, t->npending);
+    CHECK(UMIG_STEP_TLS, sys2(NR_arch_prctl, ARCH_SET_FS, t->fs_base));
+    CHECK(UMIG_STEP_TLS, sys2(NR_arch_prctl, ARCH_SET_GS, t->gs_base));
+    sigreturn_to(t->sigframe);
+}
+
+/* clone3 a thread that starts in thread_main(t, p) on its own stack: the
+ * child keeps r8/r9 across the syscall and finds its arguments there. */
+static long spawn_thread(struct umig_plan *p, struct umig_thread *t)
+{
+    int32_t tid = t->tid;
+    struct clone_args a;
+    memset(&a, 0, sizeof(a));
+    a.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+    a.stack = t->stack_lo;
+    a.stack_size = t->stack_size;
+    if (tid) {
+        a.set_tid = (uint64_t)&tid;
+        a.set_tid_size = 1;
+    }
+    register long r8 __asm__("r8") = (long)t;
+    register long r9 __asm__("r9") = (long)p;
+    long ret;
+    __asm__ volatile("syscall\n\t"
+                     "testq %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "movq %%r8, %%rdi\n\t"
+                     "movq %%r9, %%rsi\n\t"
+                     "call thread_main\n\t"
+                     "ud2\n"
+                     "1:\n"
+                     : "=a"(ret)
+                     : "a"(NR_clone3), "D"(&a), "S"(sizeof(a)), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
 }
 
 void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
@@ -273,6 +356,17 @@ void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
     CHECK(UMIG_STEP_CLOSE, sys3(NR_close_range, p->aux_lo, p->aux_hi, 0));
     restore_task(p);
 
+    /* the other threads, while we may still choose their tids */
+    struct umig_thread *t = (struct umig_thread *)p->threads;
+    for (uint32_t i = 0; i < p->nthreads; i++) {
+        long r = spawn_thread(p, &t[i]);
+        if (r < 0)
+            fail(p, UMIG_STEP_THREAD, r);
+    }
+    restore_creds(p);
+    /* after the credentials: changing them clears the parent-death signal */
+    CHECK(UMIG_STEP_TASK, sys2(NR_prctl, PR_SET_PDEATHSIG, p->pdeathsig));
+
     p->step = UMIG_STEP_SIGRETURN;
     stop(UMIG_STOP_READY, 0, 0);           /* the tracer follows us from here */
 
@@ -280,23 +374,8 @@ void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
     if (p->act_set & (1UL << (SIGTRAP - 1)))
         CHECK(UMIG_STEP_SIGACTION, sys4(NR_rt_sigaction, SIGTRAP, (long)&p->act[SIGTRAP - 1], 0, 8));
     set_mask(~0UL);
-    struct umig_pending *q = (struct umig_pending *)p->pending;
-    long pid = sys0(NR_getpid), tid = sys0(NR_gettid);
-    for (uint32_t i = 0; i < p->npending; i++) {
-        if (q[i].shared)
-            CHECK(UMIG_STEP_SIGQUEUE, sys3(NR_rt_sigqueueinfo, pid, q[i].sig, (long)q[i].info));
-        else
-            CHECK(UMIG_STEP_SIGQUEUE, sys4(NR_rt_tgsigqueueinfo, pid, tid, q[i].sig, (long)q[i].info));
-    }
+    queue_own(p, (struct umig_pending *)p->pending, p->npending);
     CHECK(UMIG_STEP_TLS, sys2(NR_arch_prctl, ARCH_SET_FS, p->fs_base));
     CHECK(UMIG_STEP_TLS, sys2(NR_arch_prctl, ARCH_SET_GS, p->gs_base));
-
-    __asm__ volatile("movq %0, %%rsp\n"
-                     "movl $15, %%eax\n"         /* rt_sigreturn */
-                     "syscall\n"
-                     "ud2\n"
-                     :
-                     : "r"(p->sigframe + 8)
-                     : "memory");
-    __builtin_unreachable();
+    sigreturn_to(p->sigframe);
 }

@@ -38,6 +38,7 @@
 #define NR_prlimit64 302
 #define NR_rseq 334
 #define NR_close_range 436
+#define NR_clone3 435
 
 typedef unsigned long ulong;
 

@@ -245,8 +245,10 @@ THREAD = Record(8, "THREAD", (
     F("rseq_len", "u32"),
     F("rseq_sig", "u32", "hex"),
     F("comm", "str"),
-), "One thread: registers (user_regs_struct order), XSAVE area, signal mask, "
-   "altstack, futex and rseq registrations.")
+    F("pending", "array", items=(F("sig", "u32"), F("info", "s128"))),
+), "One thread (the leader first, then the others): registers (user_regs_struct "
+   "order), XSAVE area, signal mask, altstack, futex and rseq registrations, and "
+   "the signals queued for this thread alone.")
 
 SIGACTIONS = Record(9, "SIGACTIONS", (
     F("actions", "array", items=(F("handler", "u64"), F("flags", "u64"),
@@ -255,7 +257,8 @@ SIGACTIONS = Record(9, "SIGACTIONS", (
 
 PENDING = Record(10, "PENDING", (
     F("signals", "array", items=(F("shared", "u32"), F("sig", "u32"), F("info", "s128"))),
-), "Queued signals with their siginfo, process-wide (shared) and per thread.")
+), "Queued signals with their siginfo.  Process-wide (shared=1) only since "
+   "THREAD.pending exists; older images put the leader's own (shared=0) here.")
 
 ITIMERS = Record(11, "ITIMERS", (
     F("timers", "array", items=(F("which", "u32"), F("interval_sec", "u64"),

@@ -23,15 +23,20 @@ class Image:
     mm: dict = field(default_factory=dict)
     vdso: dict | None = None
     vmas: list[dict] = field(default_factory=list)
-    thread: dict = field(default_factory=dict)
+    threads: list[dict] = field(default_factory=list)     # the leader first
     sigactions: dict = field(default_factory=dict)
     pending: dict = field(default_factory=dict)
     itimers: dict = field(default_factory=dict)
     fds: list[dict] = field(default_factory=list)
 
+    @property
+    def thread(self) -> dict:
+        """The leader: the thread whose tid is the pid."""
+        return self.threads[0]
+
 
 _SINGLE = {"HEADER": "header", "PROCESS": "process", "CREDS": "creds", "RLIMITS": "rlimits",
-           "MM": "mm", "VDSO": "vdso", "THREAD": "thread", "SIGACTIONS": "sigactions",
+           "MM": "mm", "VDSO": "vdso", "SIGACTIONS": "sigactions",
            "PENDING": "pending", "ITIMERS": "itimers"}
 
 
@@ -66,12 +71,35 @@ class Loaded:
                 img.vmas.append(values)
             elif name == "FD":
                 img.fds.append(values)
+            elif name == "THREAD":
+                seen.add(name)
+                img.threads.append(values)
             # records of optional kinds this umig does not use are skipped
         missing = [r for r in REQUIRED if r not in seen]
         if missing:
             raise BadImage(f"image has no {', '.join(missing)} record"
                            f"{'s' if len(missing) > 1 else ''}: it is truncated or corrupt")
+        self._check_threads(img)
         return img
+
+    @staticmethod
+    def _check_threads(img: Image) -> None:
+        pid = img.process["pid"]
+        tids = [t["tid"] for t in img.threads]
+        if tids[0] != pid:
+            raise BadImage(f"the image's first THREAD record is thread {tids[0]}, not the "
+                           f"leader {pid}")
+        if len(set(tids)) != len(tids):
+            raise BadImage("the image has two THREAD records for the same thread")
+        if img.process["nthreads"] != len(tids):
+            raise BadImage(f"the image's PROCESS record counts {img.process['nthreads']} "
+                           f"threads but it holds {len(tids)} THREAD records")
+        # images from before THREAD.pending: the leader's own signals were in PENDING
+        own = [s for s in img.pending["signals"] if not s["shared"]]
+        if own:
+            img.threads[0]["pending"] = img.threads[0].get("pending", []) + [
+                {"sig": s["sig"], "info": s["info"]} for s in own]
+            img.pending["signals"] = [s for s in img.pending["signals"] if s["shared"]]
 
     def page_frames(self) -> Iterator[Frame]:
         """The PAGES frames; returns once the trailer is verified."""
@@ -83,6 +111,7 @@ class Loaded:
             if frame.tag == schema.PAGES.tag:
                 yield frame
             elif frame.tag != schema.ROUND_END.tag and (frame.name in _SINGLE
-                                                         or frame.name in ("VMA", "FD")):
+                                                         or frame.name in ("VMA", "FD",
+                                                                           "THREAD")):
                 raise BadImage(f"record {frame.index} ({frame.name}) at byte {frame.offset} "
                                f"comes after the pages", record=frame.index)

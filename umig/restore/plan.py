@@ -140,20 +140,71 @@ class Region:
         return self.data_base + off
 
 
+THREAD_STACK = 16 * 1024              # a non-leader thread's restorer stack
+
+
 def region_size(n_vmas: int, n_fds: int, n_pending: int, xsave_len: int,
-                auxv_len: int, n_groups: int) -> tuple[int, int]:
+                auxv_len: int, n_groups: int, n_threads: int = 1) -> tuple[int, int]:
     code = _align(len(restorer_blob()), PAGE)
+    per_thread = xsave_len + 128 + 512            # fpstate (aligned) and sigframe
     data = (ffi.sizeof("struct umig_plan") + 64
             + n_vmas * ffi.sizeof("struct umig_vma") + n_fds * 16
-            + n_pending * ffi.sizeof("struct umig_pending") + xsave_len + 128 + 512
-            + auxv_len + 4 * n_groups + 16 * 8)
+            + n_pending * ffi.sizeof("struct umig_pending") + per_thread
+            + auxv_len + 4 * n_groups + 16 * 8
+            + (n_threads - 1) * (ffi.sizeof("struct umig_thread") + per_thread + 16
+                                 + THREAD_STACK))
     return code, _align(data, PAGE) + STACK_SIZE
 
 
-def build(region: Region, plan, arrays: dict, frame_regs: dict, thread: dict,
-          xsave: bytes, xcr0: int) -> bytes:
-    """Lay out the data part: plan first, then its arrays, the fpstate and
-    the sigframe; the stack is the top of the region."""
+def _frame(region: Region, thread: dict, xsave: bytes, xcr0: int) -> int:
+    """The thread's fpstate and rt_sigframe in the region; returns the frame."""
+    fp_addr = region.alloc(fpstate(xsave, xcr0), 64)
+    frame = sigframe(restart_regs(regs_dict(thread["regs"])), thread["sigmask"],
+                     (thread["altstack_sp"], thread["altstack_flags"], thread["altstack_size"]),
+                     fp_addr)
+    # rsp = frame + 8 at rt_sigreturn must be 16-byte aligned + 8, as after a call
+    return region.alloc(frame, 16)
+
+
+def _pending_array(pending: list[dict], shared: int) -> bytes:
+    arr = ffi.new("struct umig_pending[]", len(pending))
+    for i, s in enumerate(pending):
+        arr[i].shared, arr[i].sig = shared, s["sig"]
+        ffi.memmove(arr[i].info, s["info"], 128)
+    return bytes(ffi.buffer(arr))
+
+
+def _threads(region: Region, plan, threads: list[dict], keep_tids: bool, xcr0: int) -> None:
+    """struct umig_thread for every thread but the leader, each with its
+    signals, frame and stack in the region."""
+    if not threads:
+        return
+    arr = ffi.new("struct umig_thread[]", len(threads))
+    for i, th in enumerate(threads):
+        t = arr[i]
+        regs = regs_dict(th["regs"])
+        t.tid = th["tid"] if keep_tids else 0
+        t.npending = len(th.get("pending", []))
+        if t.npending:
+            t.pending = region.alloc(_pending_array(th["pending"], 0), 16)
+        t.sigframe = _frame(region, th, th["xsave"], xcr0)
+        t.stack_lo = region.alloc(b"\0" * THREAD_STACK, 64)
+        t.stack_size = THREAD_STACK
+        t.fs_base, t.gs_base = regs["fs_base"], regs["gs_base"]
+        t.clear_child_tid = th["clear_child_tid"]
+        t.robust_list, t.robust_len = th["robust_list"], th["robust_len"]
+        t.rseq, t.rseq_len, t.rseq_sig = th["rseq"], th["rseq_len"], th["rseq_sig"]
+        comm = th["comm"].encode("utf-8", "surrogateescape")[:15]
+        ffi.memmove(t.comm, comm + b"\0", len(comm) + 1)
+    plan.threads = region.alloc(bytes(ffi.buffer(arr)), 16)
+    plan.nthreads = len(threads)
+
+
+def build(region: Region, plan, arrays: dict, leader: dict, others: list[dict],
+          keep_tids: bool, xcr0: int) -> int:
+    """Lay out the data part: plan first, then its arrays, the leader's
+    fpstate and sigframe, the other threads; the leader's stack is the top
+    of the region."""
     plan_addr = region.alloc(b"\0" * ffi.sizeof("struct umig_plan"), 64)
     for name, (ctype, items) in arrays.items():
         if not items:
@@ -166,13 +217,8 @@ def build(region: Region, plan, arrays: dict, frame_regs: dict, thread: dict,
                 else:
                     setattr(arr[i], k, v)
         setattr(plan, name, region.alloc(bytes(ffi.buffer(arr)), 16))
-    fp = fpstate(xsave, xcr0)
-    fp_addr = region.alloc(fp, 64)
-    frame = sigframe(frame_regs, thread["sigmask"],
-                     (thread["altstack_sp"], thread["altstack_flags"], thread["altstack_size"]),
-                     fp_addr)
-    # rsp = frame + 8 at rt_sigreturn must be 16-byte aligned + 8, as after a call
-    plan.sigframe = region.alloc(frame, 16)
+    plan.sigframe = _frame(region, leader, leader["xsave"], xcr0)
+    _threads(region, plan, others, keep_tids, xcr0)
     plan.blob_start = region.base
     plan.blob_end = region.base + region.size
     plan.stack_top = region.base + region.size - 64

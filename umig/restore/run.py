@@ -126,28 +126,54 @@ def _have_cap(cap: int) -> bool:
 
 
 def _choose_pid(img, mode: str, warn) -> int:
+    """The pid to give the process (0: any).  The threads keep their tids
+    whenever the pid is kept; a multi-threaded process must keep them, since
+    glibc holds each thread's tid in its thread descriptor (pthread_kill,
+    mutex owners)."""
     want = img.process["pid"]
+    tids = [t["tid"] for t in img.threads]
+    multi = len(tids) > 1
+    why_multi = (f"process {want} has {len(tids)} threads, and a thread with a new tid "
+                 f"would break its pthread_kill and mutexes")
     if mode == "new":
+        if multi:
+            raise EnvironmentProblem(f"cannot give new ids: {why_multi}", pid=want,
+                                     hint="resume without --pid new")
         return 0
     if not checks.can_checkpoint_restore():
-        if mode == "keep":
-            raise EnvironmentProblem(f"cannot keep pid {want}: that needs CAP_CHECKPOINT_RESTORE "
-                                     f"(or root)", pid=want,
-                                     hint="resume as root, or without --pid keep")
+        if mode == "keep" or multi:
+            what = (f"{why_multi}; keeping its thread ids" if multi
+                    else f"cannot keep pid {want}: that")
+            raise EnvironmentProblem(f"{what} needs CAP_CHECKPOINT_RESTORE (or root)", pid=want,
+                                     hint="resume as root" + ("" if multi else
+                                                              ", or without --pid keep"))
         return 0
     deadline = time.monotonic() + 3.0
-    while True:
-        state = checks.pid_state(want)
-        if state is None:
-            return want
-        if state not in ("Z", "X") or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)     # the source was just killed; wait for its reaping
-    if mode == "keep":
-        raise EnvironmentProblem(f"cannot keep pid {want}: it is taken by process {want} "
-                                 f"({_comm(want)})", pid=want,
-                                 hint="stop that process, or resume without --pid keep")
-    return 0
+    for tid in tids:
+        while True:
+            state = checks.pid_state(tid)
+            if state is None:
+                break
+            if state not in ("Z", "X") or time.monotonic() > deadline:
+                if mode == "keep" or multi:
+                    what = "pid" if tid == want else "thread id"
+                    raise EnvironmentProblem(
+                        f"cannot keep {what} {tid}: it is taken by {_owner(tid)}", pid=tid,
+                        hint="stop that process" + ("" if multi else
+                                                    ", or resume without --pid keep"))
+                return 0
+            time.sleep(0.02)     # the source was just killed; wait for its reaping
+    return want
+
+
+def _owner(tid: int) -> str:
+    """'process P (comm)' or 'thread T of process P (comm)'."""
+    try:
+        tgid = int(procfs.parse_status(procfs.read(tid, "status")).get("Tgid", tid))
+    except (UmigError, OSError, ValueError):
+        tgid = tid
+    who = f"process {tgid} ({_comm(tgid)})"
+    return who if tgid == tid else f"thread {tid} of {who}"
 
 
 def _comm(pid: int) -> str:
@@ -162,23 +188,45 @@ def _own_maps() -> list[tuple[int, int]]:
 
 
 class Child:
-    """The traced child that becomes the process."""
+    """The traced child that becomes the process, and the threads the
+    restorer makes in it (traced from their start: PTRACE_O_TRACECLONE)."""
 
     def __init__(self, pid: int):
         self.pid = pid
         self.memfd = -1
         self.alive = True
+        self.threads: list[int] = []      # tids of the threads, in creation order
 
     def stop(self, expect: int | None, what: str, plan_addr: int) -> None:
-        """Continue to the restorer's next int3 stop and check it is `expect`."""
+        """Continue the leader to the restorer's next int3 stop and check it
+        is `expect`; threads it makes on the way are noted."""
         tracing.cont(self.pid)
-        st = tracing.wait(self.pid)
+        while True:
+            st = tracing.wait(self.pid)
+            if not (st.kind == "event" and st.value == tracing.PTRACE_EVENT_CLONE):
+                break
+            self.threads.append(tracing.eventmsg(self.pid))
+            tracing.cont(self.pid)
+        self.check_trap(self.pid, st, expect, what, plan_addr)
+
+    def thread_ready(self, tid: int, plan_addr: int) -> None:
+        """Run a new thread from its first stop (SIGSTOP, suppressed) to its
+        READY stop."""
+        st = tracing.wait(tid)
+        if st.kind == "signal" and st.value == signal.SIGSTOP:
+            tracing.cont(tid)
+            st = tracing.wait(tid)
+        self.check_trap(tid, st, lib.UMIG_STOP_READY, f"in thread {tid}", plan_addr)
+
+    def check_trap(self, tid: int, st: "tracing.Stop", expect: int | None, what: str,
+                   plan_addr: int) -> None:
         if st.kind == "signal" and st.value == signal.SIGTRAP:
-            regs = tracing.getregs(self.pid)
+            regs = tracing.getregs(tid)
             if regs.rax == lib.UMIG_STOP_FAIL:
                 step, err = regs.rdi, regs.rsi - (1 << 64) if regs.rsi >= 1 << 63 else regs.rsi
                 raise RestoreFailed(
-                    f"the restorer failed at step '{STEP_NAMES.get(step, step)}': "
+                    f"the restorer failed at step '{STEP_NAMES.get(step, step)}'"
+                    f"{'' if tid == self.pid else f' in thread {tid}'}: "
                     f"{os.strerror(-err) if err < 0 else err}; nothing was started")
             if regs.rax == expect:
                 return
@@ -196,16 +244,25 @@ class Child:
         except OSError:
             return 0
 
+    def detach(self) -> None:
+        """Let every thread go (each sits at the exit of its rt_sigreturn)."""
+        for tid in self.threads + [self.pid]:
+            tracing.detach(tid)
+
     def kill(self) -> None:
         if self.alive:
             try:
                 os.kill(self.pid, signal.SIGKILL)
-                while True:
-                    st = tracing.wait(self.pid)
-                    if st.kind in ("exited", "killed"):
-                        break
-            except (OSError, ChildProcessError):
+            except OSError:
                 pass
+            for tid in self.threads + [self.pid]:    # the leader is reported last
+                try:
+                    while True:
+                        st = tracing.wait(tid)
+                        if st.kind in ("exited", "killed"):
+                            break
+                except (OSError, ChildProcessError):
+                    pass
             self.alive = False
         if self.memfd >= 0:
             os.close(self.memfd)
@@ -361,7 +418,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
             p.act[i].handler, p.act[i].flags = a["handler"], a["flags"]
             p.act[i].restorer, p.act[i].mask = a["restorer"], a["mask"]
         p.act_set = ((1 << len(img.sigactions["actions"][:64])) - 1) & ~(SIGKILL_BIT | SIGSTOP_BIT)
-        pending = img.pending["signals"]
+        pending = img.pending["signals"] + [
+            {"shared": 0, "sig": x["sig"], "info": x["info"]} for x in th.get("pending", [])]
         p.npending = len(pending)
         lims = _rlimits(img, opts.warn)
         p.nrlimits = len(lims)
@@ -396,20 +454,23 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
             p.creds.cap_bnd, p.creds.cap_amb = c["cap_bnd"], c["cap_amb"]
             p.creds.securebits = c["securebits"]
 
-        code_size, size = planmod.region_size(len(vmas), len(fdmap), len(pending),
-                                              len(th["xsave"]), len(mm["auxv"]),
-                                              len(c["groups"]))
+        others = img.threads[1:]
+        code_size, size = planmod.region_size(
+            len(vmas), len(fdmap), len(pending) + sum(len(x.get("pending", [])) for x in others),
+            max(len(x["xsave"]) for x in img.threads), len(mm["auxv"]), len(c["groups"]),
+            len(img.threads))
         base = planmod.free_gap(target_spans + _own_maps(), code_size + size)
         region = planmod.Region(base, code_size, size=code_size + size)
         p.mm.auxv = region.alloc(mm["auxv"], 8)
         if set_creds and c["groups"]:
             p.creds.groups = region.alloc(struct.pack(f"<{len(c['groups'])}I",
                                                       *(g["gid"] for g in c["groups"])), 8)
+        want_pid = _choose_pid(img, opts.pid_mode, opts.warn)
         plan_addr = planmod.build(
             region, p,
             {"fds": ("struct umig_fdmap", fdmap), "vmas": ("struct umig_vma", vmas),
              "pending": ("struct umig_pending", pending)},
-            planmod.restart_regs(regs), th, th["xsave"], img.header["xcr0"])
+            th, others, bool(want_pid), img.header["xcr0"])
 
         # ---- map the region here; the child inherits it
         blob = restorer_blob()
@@ -422,10 +483,10 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         ffi.memmove(ffi.cast("void *", region.data_base), bytes(region.data), len(region.data))
         syscall(NR_mprotect, base, code_size, PROT_READ | PROT_EXEC)
 
-        want_pid = _choose_pid(img, opts.pid_mode, opts.warn)
         timings["planned"] = time.perf_counter()
         pid = lib.umig_spawn(base + lib.UMIG_BLOB_ENTRY_OFF, plan_addr, want_pid)
-        if pid == -17 and want_pid and opts.pid_mode == "auto":      # EEXIST: taken meanwhile
+        if pid == -17 and want_pid and opts.pid_mode == "auto" and not others:
+            # EEXIST: taken meanwhile
             want_pid = 0
             pid = lib.umig_spawn(base + lib.UMIG_BLOB_ENTRY_OFF, plan_addr, 0)
         if pid < 0:
@@ -442,7 +503,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         if not (st.kind == "signal" and st.value == signal.SIGSTOP):
             child.alive = st.kind not in ("exited", "killed")
             raise RestoreFailed(f"the new process {st} before the restorer ran")
-        tracing.setoptions(pid, tracing.PTRACE_O_EXITKILL | tracing.PTRACE_O_TRACESYSGOOD)
+        tracing.setoptions(pid, tracing.PTRACE_O_EXITKILL | tracing.PTRACE_O_TRACESYSGOOD
+                           | tracing.PTRACE_O_TRACECLONE)
         child.memfd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         # the child's own rseq registration (inherited from this thread) goes first
         rseq, rlen, rsig, _ = tracing.rseq_config(pid)
@@ -460,7 +522,13 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         _feed_pages(child, loaded, check)        # ends after the verified trailer
         timings["filled"] = time.perf_counter()
         child.stop(lib.UMIG_STOP_READY, "while restoring the task", plan_addr)
-        _follow_to_sigreturn(child, plan_addr)
+        if len(child.threads) != len(others):
+            raise RestoreFailed(f"the restorer made {len(child.threads)} threads, not "
+                                f"{len(others)}; nothing was started")
+        for tid in child.threads:
+            child.thread_ready(tid, plan_addr)
+            _follow_to_sigreturn(child, tid)
+        _follow_to_sigreturn(child, pid)
         with Injector(pid, child.memfd, base + lib.UMIG_BLOB_GADGET_OFF) as inj:
             r = inj.syscall(NR_munmap, base, region.size)
             if r != 0:
@@ -471,7 +539,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         timings["ready"] = time.perf_counter()
         with critical():
             opts.on_running(pid)
-            tracing.detach(pid)
+            child.detach()
             child.alive = False   # it runs: no longer ours to kill on error
         timings["running"] = time.perf_counter()
         return Resumed(pid, pid == img.process["pid"], vdso_mode, timings)
@@ -488,27 +556,29 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         fds.close()
 
 
-def _follow_to_sigreturn(child: Child, plan_addr: int) -> None:
-    """From the READY stop, step syscall by syscall to the exit of
-    rt_sigreturn, where the registers are the process's own."""
+def _follow_to_sigreturn(child: Child, tid: int) -> None:
+    """From the READY stop, step thread tid syscall by syscall to the exit
+    of its rt_sigreturn, where the registers are the process's own."""
     entering = True
     sigreturn = False
     while True:
-        tracing.syscall(child.pid)
-        st = tracing.wait(child.pid)
+        tracing.syscall(tid)
+        st = tracing.wait(tid)
         if st.kind != "syscall":
+            where = "" if tid == child.pid else f" in thread {tid}"
             if st.kind == "signal" and st.value == signal.SIGTRAP:
-                regs = tracing.getregs(child.pid)
+                regs = tracing.getregs(tid)
                 if regs.rax == lib.UMIG_STOP_FAIL:
                     raise RestoreFailed(f"the restorer failed at step "
-                                        f"'{STEP_NAMES.get(regs.rdi, regs.rdi)}': "
+                                        f"'{STEP_NAMES.get(regs.rdi, regs.rdi)}'{where}: "
                                         f"{os.strerror((1 << 64) - regs.rsi)}; nothing was started")
             if st.kind in ("exited", "killed"):
                 child.alive = False
-            raise RestoreFailed(f"the restorer {st} before its final jump; nothing was started")
+            raise RestoreFailed(f"the restorer {st} before its final jump{where}; nothing "
+                                f"was started")
         if sigreturn:
             return          # the exit of rt_sigreturn: its orig_rax reads -1
-        if entering and tracing.getregs(child.pid).orig_rax == NR_rt_sigreturn:
+        if entering and tracing.getregs(tid).orig_rax == NR_rt_sigreturn:
             sigreturn = True
         entering = not entering
 
