@@ -115,6 +115,33 @@ def test_unsupported_fd_is_refused_by_name_and_source_runs(victim, procs, tmp_pa
         b.close()
 
 
+def test_pipe_to_outside_is_refused_by_name_and_source_runs(victim, procs, tmp_path):
+    """GIVEN a counter holding at fd > 2 the read end of a pipe whose write
+    end only the test holds
+    WHEN grabbed THEN refused naming the fd, the pipe and the way out
+    (--tree, or close it); the counter runs on."""
+    out = tmp_path / "out"
+    r_end, w_end = os.pipe()
+    os.write(w_end, b"queued")
+    p = procs.start([victim("counter"), "20000"], stdout=out.open("w"), pass_fds=(r_end,))
+    os.close(r_end)
+    try:
+        wait_lines(out, 3)
+        r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
+        assert r.returncode == Exit.REFUSED, r.stderr
+        msg = r.stderr.decode()
+        ino = os.fstat(w_end).st_ino
+        assert f"process {p.pid} fd {r_end} is the read end of pipe:[{ino}], whose other " \
+               f"end is held outside the grabbed process" in msg, msg
+        assert "--tree" in msg
+        assert not (tmp_path / "img").exists()
+        assert_still_counting(out, p.pid)
+        assert os.read(os.open(f"/proc/{p.pid}/fd/{r_end}", os.O_RDONLY | os.O_NONBLOCK),
+                       64) == b"queued"         # nothing consumed
+    finally:
+        os.close(w_end)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a 1 MiB tmpfs needs root")
 def test_disk_full_leaves_source_running(counter, tmp_path):
     """GIVEN a 1 MiB tmpfs and a process whose image needs 8 MiB

@@ -200,6 +200,13 @@ def synthetic_records() -> list[tuple[schema.Record, dict]]:
         (schema.FD, {"fd": 3, "kind": "file", "flags": 0o102001, "cloexec": 1, "pos": 8192,
                      "path": "/var/log/counter.log", "mode": 0o100644, "dev": 0xFE00,
                      "ino": 99, "rdev": 0, "size": 8192, "mtime_ns": 1_700_000_000_000_000_000}),
+        (schema.FD, {"fd": 4, "kind": "pipe", "flags": 0o4000, "cloexec": 0, "pos": 0,
+                     "path": "pipe:[4711]", "mode": 0o10600, "dev": 0xE, "ino": 4711,
+                     "rdev": 0, "size": 0, "mtime_ns": 0}),
+        (schema.FD, {"fd": 5, "kind": "pipe", "flags": 0o1, "cloexec": 0, "pos": 0,
+                     "path": "pipe:[4711]", "mode": 0o10600, "dev": 0xE, "ino": 4711,
+                     "rdev": 0, "size": 0, "mtime_ns": 0}),
+        (schema.PIPE, {"ino": 4711, "size": 65536, "data": b"queued\n" * 100}),
     ]
 
 

@@ -789,6 +789,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         smaps = procfs.parse_smaps(procfs.read(pid, "smaps"))
         vmas = _vma_records(t, smaps)
         fds = fdtable.describe_all(pid)
+        pipes = fdtable.pipe_records(pid, fds)
         vdso = _vdso_record(t, smaps)
         timers = procfs.read(pid, "timers").strip() if os.path.exists(
             f"/proc/{pid}/timers") else b""
@@ -839,6 +840,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         w.record(schema.ITIMERS, {"timers": task["itimers"]})
         for f in fds:
             w.record(schema.FD, f)
+        for pipe in pipes:
+            w.record(schema.PIPE, pipe)
         ranges = _present_ranges(t, vmas)
         unchanged = tracker.unchanged(t.pagemapfd, smaps) if tracker else None
         stats.data_pages = _write_pages(t, w, ranges, check, cache, unchanged)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import struct
 from dataclasses import dataclass
 
 from . import procfs
@@ -171,8 +172,92 @@ class Terminal(FdKind):
         return ctx.own_terminal(rec["fd"])
 
 
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+FIONREAD = 0x541B
+NR_tee, NR_pidfd_getfd = 276, 438
+SPLICE_F_NONBLOCK = 2
+
+
+class Pipe(FdKind):
+    """An end of a pipe whose other end the grabbed process(es) hold too:
+    one new pipe per original (by inode), with its capacity and the bytes
+    that were in it (PIPE record, read with tee: nothing is consumed)."""
+    name = "pipe"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return stat.S_ISFIFO(info.st.st_mode) and info.target.startswith("pipe:")
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        ends = ctx.pipe_ends(rec["ino"], rec["fd"])
+        fd = os.dup(ends[1] if rec["flags"] & O_ACCMODE == os.O_WRONLY else ends[0])
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        return fd
+
+
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
-    Stdio, RegularFile, Directory, SimpleDevice, Terminal)}
+    Stdio, RegularFile, Directory, SimpleDevice, Terminal, Pipe)}
+
+
+def pipe_records(pid: int, fds: list[dict]) -> list[dict]:
+    """PIPE records for the pipes among `fds` (the process is frozen).
+    Refuses a pipe whose other end is not held here: what is at the far
+    end would be left behind."""
+    ends: dict[int, dict[str, list[int]]] = {}
+    for rec in fds:
+        if rec["kind"] == Pipe.name:
+            side = "w" if rec["flags"] & O_ACCMODE == os.O_WRONLY else "r"
+            ends.setdefault(rec["ino"], {"r": [], "w": []})[side].append(rec["fd"])
+    out = []
+    for ino, sides in ends.items():
+        if not sides["r"] or not sides["w"]:
+            fd = (sides["r"] or sides["w"])[0]
+            have = "read" if sides["r"] else "write"
+            raise Refused(f"process {pid} fd {fd} is the {have} end of pipe:[{ino}], whose "
+                          f"other end is held outside the grabbed process", pid=pid, fd=fd,
+                          hint="grab the process at the other end with it (--tree), or "
+                               "close the pipe in the program")
+        out.append(_pipe_contents(pid, sides["r"][0], ino))
+    return out
+
+
+def _pipe_contents(pid: int, fd: int, ino: int) -> dict:
+    """Size and buffered bytes of the pipe whose read end is pid's fd,
+    duplicated with tee into a pipe of ours as big as it (one tee call:
+    tee always starts at the head of the pipe)."""
+    from .native import syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        src = syscall(NR_pidfd_getfd, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    r = w = -1
+    try:
+        size = fcntl.fcntl(src, F_GETPIPE_SZ)
+        queued = struct.unpack("i", fcntl.ioctl(src, FIONREAD, b"\0" * 4))[0]
+        data = b""
+        if queued:
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            fcntl.fcntl(w, F_SETPIPE_SZ, size)
+            n = syscall(NR_tee, src, w, queued, SPLICE_F_NONBLOCK)
+            if n != queued:
+                raise UmigError(f"process {pid} fd {fd}: could copy only {n} of the {queued} "
+                                f"bytes in pipe:[{ino}]", pid=pid, fd=fd)
+            chunks = []
+            while n:
+                chunks.append(os.read(r, n))
+                n -= len(chunks[-1])
+            data = b"".join(chunks)
+        return {"ino": ino, "size": size, "data": data}
+    except OSError as e:
+        raise UmigError(f"reading what is in pipe:[{ino}] (process {pid} fd {fd}) failed: "
+                        f"{e.strerror}", pid=pid, fd=fd) from e
+    finally:
+        for x in (src, r, w):
+            if x >= 0:
+                os.close(x)
 
 
 def _what(info: FdInfo) -> str:
@@ -228,9 +313,36 @@ class ResumeFds:
     """The resuming side: recreates every fd in the resuming process, above
     `base` so that none collides with a target number."""
 
-    def __init__(self, base: int):
+    def __init__(self, base: int, pipes: dict[int, dict] | None = None):
         self.base = base
         self.opened: list[int] = []
+        self.pipes = pipes or {}                 # PIPE records by ino
+        self._pipe_ends: dict[int, tuple[int, int]] = {}
+
+    def pipe_ends(self, ino: int, fd: int) -> tuple[int, int]:
+        """(read, write) of the new pipe standing for pipe:[ino], made on
+        first use with the original's capacity and bytes."""
+        if ino in self._pipe_ends:
+            return self._pipe_ends[ino]
+        rec = self.pipes.get(ino)
+        if rec is None:
+            raise EnvironmentProblem(f"fd {fd} is an end of pipe:[{ino}], which the image "
+                                     f"does not describe (no PIPE record)", fd=fd)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        ends = (self.keep(r), self.keep(w))
+        self._pipe_ends[ino] = ends
+        try:
+            if fcntl.fcntl(ends[1], F_GETPIPE_SZ) < rec["size"]:
+                fcntl.fcntl(ends[1], F_SETPIPE_SZ, rec["size"])
+        except OSError as e:
+            raise EnvironmentProblem(f"fd {fd}: cannot make a pipe of {rec['size']} bytes "
+                                     f"like pipe:[{ino}]: {e.strerror}", fd=fd,
+                                     hint="raise /proc/sys/fs/pipe-max-size") from None
+        if rec["data"]:
+            view = memoryview(rec["data"])
+            while view:
+                view = view[os.write(ends[1], view):]
+        return ends
 
     def keep(self, fd: int) -> int:
         """Move a freshly opened fd of ours above base; returns the new number."""

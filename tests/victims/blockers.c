@@ -1,15 +1,18 @@
 /*
- * 64 threads, each blocked in a syscall when it is grabbed: 16 kinds, four
- * threads each.  Main prints "ready" once every thread is about to block,
+ * 64 threads, each blocked in a syscall when it is grabbed: 18 kinds, three
+ * or four threads each (thread i has kind i % KINDS).  Main prints "ready" once every thread is about to block,
  * then waits for SIGUSR1 (sent after resume), releases the threads that
  * need releasing, joins them all and prints "PASS" if every thread's call
  * completed the way it should have, else "FAIL kind N: why".
  *
  * The timed kinds sleep SLEEP_MS from their start and check that at least
- * that long passed (CLOCK_MONOTONIC is continuous on one host).
+ * that long passed (CLOCK_MONOTONIC is continuous on one host).  The pipe
+ * kinds read from an empty pipe and write into a full one; main then
+ * checks every byte that went through the full pipe, in order.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
@@ -24,15 +27,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#define KINDS 16
-#define PER 4
-#define N (KINDS * PER)
+#define KINDS 18
+#define N 64
+#define PER(k) (N / KINDS + ((k) < N % KINDS))
+#define CHUNK 4096
 
 static int sleep_ms = 2500;
 static const char *kind_name[KINDS] = {
     "cond_wait", "mutex_lock", "sem_wait", "nanosleep", "clock_nanosleep_abs", "poll",
     "select", "pause", "sigsuspend", "sigtimedwait", "sigwaitinfo", "barrier_wait",
-    "futex_wait", "ppoll", "rwlock_wrlock", "usleep"};
+    "futex_wait", "ppoll", "rwlock_wrlock", "usleep", "read_pipe", "write_pipe"};
 
 static pthread_mutex_t cm = PTHREAD_MUTEX_INITIALIZER, held = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -46,6 +50,8 @@ static volatile sig_atomic_t usr2_seen[N];
 static __thread int my;
 static char why[N][96];
 static pthread_t th[N];
+static int empty_pipe[2], full_pipe[2];
+static long prefill;
 
 static void on_usr2(int s) { (void)s; usr2_seen[my] = 1; }
 
@@ -160,6 +166,19 @@ static void *blocker(void *arg)
         if (usleep(sleep_ms * 1000))
             BAD("errno %d", errno);
         break;
+    case 16: {
+        char c;
+        if ((r = read(empty_pipe[0], &c, 1)) != 1 || c != 'x')
+            BAD("returned %d errno %d", r, errno);
+        break;
+    }
+    case 17: {
+        char buf[CHUNK];
+        memset(buf, 'A' + i % 26, sizeof(buf));   /* a whole chunk: written atomically */
+        if ((r = write(full_pipe[1], buf, sizeof(buf))) != CHUNK)
+            BAD("returned %d errno %d", r, errno);
+        break;
+    }
     }
     if ((k >= 3 && k <= 6) || k == 13 || k == 15) {
         long took = ms_since(&t0);
@@ -182,7 +201,16 @@ int main(int argc, char **argv)
     sa.sa_handler = on_usr2;
     sigaction(SIGUSR2, &sa, NULL);
     sem_init(&sem, 0, 0);
-    pthread_barrier_init(&bar, NULL, PER + 1);
+    pthread_barrier_init(&bar, NULL, PER(11) + 1);
+    if (pipe(empty_pipe) || pipe(full_pipe))
+        return 1;
+    fcntl(full_pipe[1], F_SETFL, O_NONBLOCK);
+    for (char c = 0;; c++) {
+        if (write(full_pipe[1], &c, 1) != 1)
+            break;
+        prefill++;
+    }
+    fcntl(full_pipe[1], F_SETFL, 0);
     pthread_mutex_lock(&held);
     pthread_rwlock_rdlock(&rw);
 
@@ -205,8 +233,10 @@ int main(int argc, char **argv)
     pthread_cond_broadcast(&cv);
     pthread_mutex_unlock(&cm);
     pthread_mutex_unlock(&held);
-    for (int i = 0; i < PER; i++)
+    for (int i = 0; i < PER(2); i++)
         sem_post(&sem);
+    if (write(empty_pipe[1], "xxxxxxxx", PER(16)) != PER(16))
+        printf("FAIL write to the empty pipe\n");
     for (int i = 0; i < N; i++)
         if (i % KINDS >= 7 && i % KINDS <= 10)
             pthread_kill(th[i], SIGUSR2);
@@ -216,6 +246,27 @@ int main(int argc, char **argv)
     pthread_rwlock_unlock(&rw);
 
     int bad = 0;
+    /* drain the full pipe: the prefill 0, 1, 2, ... then whole chunks */
+    long want = prefill + (long)PER(17) * CHUNK, got = 0;
+    char buf[CHUNK];
+    while (got < want) {
+        int n = read(full_pipe[0], buf, sizeof(buf) < (size_t)(want - got) ? sizeof(buf) : want - got);
+        if (n <= 0) {
+            printf("FAIL full pipe: read %d after %ld of %ld bytes\n", n, got, want);
+            bad = 1;
+            break;
+        }
+        for (int k = 0; k < n && !bad; k++) {
+            long at = got + k;
+            char expect = at < prefill ? (char)at : 0;
+            if (at < prefill ? buf[k] != expect
+                             : (at - prefill) % CHUNK && buf[k] != buf[k - 1 < 0 ? 0 : k - 1]) {
+                printf("FAIL full pipe: byte %ld is %d\n", at, buf[k]);
+                bad = 1;
+            }
+        }
+        got += n;
+    }
     for (int i = 0; i < N; i++) {
         pthread_join(th[i], NULL);
         if (why[i][0]) {

@@ -281,6 +281,14 @@ FD = Record(12, "FD", (
     F("mtime_ns", "u64", "time"),
 ), "One file descriptor; `kind` names the fdtable class that re-creates it.")
 
+PIPE = Record(16, "PIPE", (
+    F("ino", "u64"),
+    F("size", "u32", "size"),
+    F("data", "bytes", "bytes"),
+), "A pipe whose both ends the grabbed process(es) hold (FD records of kind "
+   "'pipe' name it by ino): its capacity and the bytes buffered in it.",
+   optional=True)
+
 PAGES_FLAG_LZ4 = 1
 
 PAGES = Record(13, "PAGES", (
@@ -309,5 +317,5 @@ TRAILER = Record(15, "TRAILER", (
 
 RECORDS: dict[int, Record] = {r.tag: r for r in (
     HEADER, PROCESS, CREDS, RLIMITS, MM, VMA, VDSO, THREAD, SIGACTIONS, PENDING,
-    ITIMERS, FD, PAGES, ROUND_END, TRAILER)}
+    ITIMERS, FD, PAGES, ROUND_END, TRAILER, PIPE)}
 BY_NAME: dict[str, Record] = {r.name: r for r in RECORDS.values()}

@@ -28,6 +28,7 @@ class Image:
     pending: dict = field(default_factory=dict)
     itimers: dict = field(default_factory=dict)
     fds: list[dict] = field(default_factory=list)
+    pipes: dict[int, dict] = field(default_factory=dict)      # by ino
 
     @property
     def thread(self) -> dict:
@@ -71,6 +72,8 @@ class Loaded:
                 img.vmas.append(values)
             elif name == "FD":
                 img.fds.append(values)
+            elif name == "PIPE":
+                img.pipes[values["ino"]] = values
             elif name == "THREAD":
                 seen.add(name)
                 img.threads.append(values)
@@ -112,6 +115,6 @@ class Loaded:
                 yield frame
             elif frame.tag != schema.ROUND_END.tag and (frame.name in _SINGLE
                                                          or frame.name in ("VMA", "FD",
-                                                                           "THREAD")):
+                                                                           "THREAD", "PIPE")):
                 raise BadImage(f"record {frame.index} ({frame.name}) at byte {frame.offset} "
                                f"comes after the pages", record=frame.index)

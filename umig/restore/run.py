@@ -361,7 +361,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
 
     # ---- fds, files to map, cwd, exe
     max_dst = max([f["fd"] for f in img.fds] + [2])
-    fds = ResumeFds(base=max_dst + 1)
+    fds = ResumeFds(base=max_dst + 1, pipes=img.pipes)
     child: Child | None = None
     region_mapped = 0
     try:
