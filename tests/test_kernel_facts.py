@@ -1095,3 +1095,123 @@ def test_pagemap_scan_resumed_in_pieces_reports_each_page_once():
         assert seen == [base + off for off in want]
     finally:
         m.close()
+
+
+# ---- threads -------------------------------------------------------------------
+
+STOP_EINTR_CASES = {"rt_sigtimedwait": 0, "epoll_wait": 1, "semop": 2}
+
+
+@pytest.mark.parametrize("case", sorted(STOP_EINTR_CASES))
+def test_a_mere_stop_fails_some_waits_with_eintr(tmp_path, case):
+    """GIVEN a child blocked in rt_sigtimedwait, epoll_wait or semop, with no
+    signal handler anywhere
+    WHEN it is seized and stopped with PTRACE_INTERRUPT
+    THEN the call has already returned -EINTR (not a restart code) with
+    orig_rax still its number and rip just past the `syscall`: the thread
+    would see EINTR after a mere freeze (signal(7)), so umig's freeze sets
+    such a call to run again (capture.Freezer._undo_stop_eintr)."""
+    run_c(tmp_path, "stop_eintr", r"""
+#include <sys/epoll.h>
+#include <sys/sem.h>
+static int mode, ep, sem;
+
+static void waiter(void)
+{
+    if (mode == 0) {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGUSR1);
+        sigprocmask(SIG_BLOCK, &set, NULL);
+        struct timespec t = {30, 0};
+        syscall(SYS_rt_sigtimedwait, &set, NULL, &t, 8);
+    } else if (mode == 1) {
+        struct epoll_event ev;
+        syscall(SYS_epoll_wait, ep, &ev, 1, 30000);
+    } else {
+        struct sembuf op = {0, -1, 0};
+        syscall(SYS_semop, sem, &op, 1);
+    }
+}
+
+static void drop_sem(void) { semctl(sem, 0, IPC_RMID); }
+
+int main(int argc, char **argv)
+{
+    mode = atoi(argv[1]);
+    long nr = mode == 0 ? SYS_rt_sigtimedwait : mode == 1 ? SYS_epoll_wait : SYS_semop;
+    ep = epoll_create1(0);
+    ASSERT(ep >= 0, "epoll_create1");
+    sem = semget(IPC_PRIVATE, 1, 0600);
+    ASSERT(sem >= 0, "semget");
+    atexit(drop_sem);
+    pid_t pid = fork_child(waiter);
+    char path[64], text[256], prefix[16];
+    snprintf(path, sizeof path, "/proc/%d/syscall", pid);
+    snprintf(prefix, sizeof prefix, "%ld ", nr);
+    for (int i = 0;; i++) {
+        int fd = open(path, O_RDONLY);
+        ASSERT(fd >= 0, "open %s", path);
+        ssize_t n = read(fd, text, sizeof text - 1);
+        close(fd);
+        text[n > 0 ? n : 0] = 0;
+        if (strncmp(text, prefix, strlen(prefix)) == 0)
+            break;
+        ASSERT(i < 5000, "the child never waited in syscall %ld: %s", nr, text);
+        usleep(1000);
+    }
+    seize_and_stop(pid);
+    struct user_regs_struct regs;
+    ASSERT(ptrace(PTRACE_GETREGS, pid, 0, &regs) == 0, "GETREGS");
+    ASSERT((long)regs.orig_rax == nr, "orig_rax %ld", (long)regs.orig_rax);
+    ASSERT((long)regs.rax == -EINTR, "rax %ld, expected -EINTR", (long)regs.rax);
+    errno = 0;
+    long insn = ptrace(PTRACE_PEEKTEXT, pid, regs.rip - 2, 0);
+    ASSERT(errno == 0 && (insn & 0xffff) == 0x050f, "no syscall instruction before rip");
+    return 0;
+}
+""", str(STOP_EINTR_CASES[case]))
+
+
+def test_a_thread_traced_through_traceclone_cannot_be_seized_again(tmp_path):
+    """GIVEN a process seized with PTRACE_O_TRACECLONE (not stopped)
+    WHEN it starts a thread
+    THEN its tracer gets a PTRACE_EVENT_CLONE stop naming the new tid, the
+    new thread is traced already (it stops by itself with
+    PTRACE_EVENT_STOP) and PTRACE_SEIZE on it fails with EPERM: a freezer
+    that lists /proc/PID/task while threads are born must take such a tid
+    as its own, not fail (capture.Freezer.freeze)."""
+    run_c(tmp_path, "traceclone", r"""
+#include <pthread.h>
+static void *idle(void *arg) { (void)arg; for (;;) pause(); return NULL; }
+
+static void starter(void)
+{
+    pthread_t t;
+    usleep(200000);
+    pthread_create(&t, NULL, idle, NULL);
+    for (;;)
+        pause();
+}
+
+int main(void)
+{
+    pid_t pid = fork_child(starter);
+    ASSERT(ptrace(PTRACE_SEIZE, pid, 0, PTRACE_O_EXITKILL | PTRACE_O_TRACECLONE) == 0,
+           "PTRACE_SEIZE");
+    int st = wait_status(pid);
+    ASSERT(WIFSTOPPED(st) && st >> 16 == PTRACE_EVENT_CLONE, "status %#x", st);
+    unsigned long tid = 0;
+    ASSERT(ptrace(PTRACE_GETEVENTMSG, pid, 0, &tid) == 0, "GETEVENTMSG");
+    ASSERT(tid > 0 && (pid_t)tid != pid, "new tid %lu", tid);
+    errno = 0;
+    ASSERT(ptrace(PTRACE_SEIZE, (pid_t)tid, 0, 0) == -1 && errno == EPERM,
+           "seizing the auto-attached thread did not fail with EPERM");
+    st = wait_status((pid_t)tid);
+    ASSERT(WIFSTOPPED(st) && st >> 16 == PTRACE_EVENT_STOP, "new thread status %#x", st);
+    /* the leader's exit is reported only after its traced thread was reaped */
+    kill(pid, SIGKILL);
+    waitpid((pid_t)tid, &st, __WALL);
+    return 0;
+}
+""")
