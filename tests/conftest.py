@@ -69,6 +69,7 @@ class Procs:
     def __init__(self):
         self.popens: list[subprocess.Popen] = []
         self.pids: set[int] = set()
+        self.trees: set[int] = set()
 
     def start(self, argv, **kw) -> subprocess.Popen:
         kw.setdefault("stdin", subprocess.DEVNULL)
@@ -85,7 +86,19 @@ class Procs:
         self.pids.add(pid)
         return pid
 
+    def adopt_tree(self, pid: int) -> int:
+        """Track a resumed tree: at cleanup its root and every descendant
+        it has then are killed."""
+        self.trees.add(pid)
+        return self.adopt(pid)
+
     def cleanup(self) -> None:
+        for root in list(self.trees) + [p.pid for p in self.popens]:
+            for pid in descendants(root):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         for p in self.popens:
             if p.poll() is None:
                 try:
@@ -116,6 +129,44 @@ class Procs:
                     break
                 time.sleep(0.01)
         reap_orphans()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (children of all its threads), as /proc shows
+    them now."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(x) for x in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def start_with_pid(procs: Procs, pid: int):
+    """Start `sleep 60` with exactly this pid (through ns_last_pid, as
+    root); None if that did not work."""
+    for _ in range(20):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(pid - 1))
+        except OSError:
+            return None
+        p = procs.start(["sleep", "60"])
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    return None
 
 
 def reap_orphans() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_lines, run_umig, wait_for, wait_lines
+from conftest import read_lines, run_umig, start_with_pid, wait_for, wait_lines
 from umig.errors import Exit
 
 
@@ -178,7 +178,7 @@ def test_resume_refuses_when_a_thread_id_is_taken(victim, procs, tmp_path):
     tid = max(tids_of(pid))
     grab(pid, tmp_path / "img")
     src.wait(timeout=5)
-    holder = _process_with_pid(procs, tid)
+    holder = start_with_pid(procs, tid)
     if holder is None:
         pytest.fail(f"could not start a process with pid {tid} (needs clone3 set_tid as root)")
     r = run_umig("resume", "--detach", str(tmp_path / "img"))
@@ -186,19 +186,3 @@ def test_resume_refuses_when_a_thread_id_is_taken(victim, procs, tmp_path):
     assert f"cannot keep thread id {tid}: it is taken by process {tid} (sleep)" \
         in r.stderr.decode()
     assert not os.path.exists(f"/proc/{pid}")
-
-
-def _process_with_pid(procs, pid: int):
-    """Start `sleep 60` with exactly this pid (ns_last_pid, as root)."""
-    for _ in range(20):
-        try:
-            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-                f.write(str(pid - 1))
-        except OSError:
-            return None
-        p = procs.start(["sleep", "60"])
-        if p.pid == pid:
-            return p
-        p.kill()
-        p.wait()
-    return None

@@ -61,6 +61,8 @@ class GrabStats:
     fds: int = 0
     finish: str = ""
     precopy: str = ""              # what pre-reading did, for -v
+    processes: int = 1
+    threads: int = 1
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Target:
     tracking: bool = False      # our userfaultfd write-protects its memory (precopy.py)
 
 
-def _refuse_early(pid: int) -> Target:
+def _refuse_early(pid: int, tree: bool = False) -> Target:
     """The checks that need no tracing: refuse with the reason."""
     if pid == os.getpid():
         raise Refused(f"process {pid} is this umig; umig cannot grab itself", pid=pid)
@@ -91,14 +93,14 @@ def _refuse_early(pid: int) -> Target:
         raise Refused(f"process {pid} ({t.stat[1]}) is a zombie: it has exited and "
                       f"waits for its parent to reap it", pid=pid)
     tracer = int(t.status.get("TracerPid", "0"))
-    if tracer:
+    if tracer and tracer != os.getpid():      # us: a member of a tree we froze
         raise AccessDenied(f"process {pid} is already traced by process {tracer} "
                            f"({_comm(tracer)})", pid=pid, hint="detach the debugger first")
     children = _children(pid)
-    if children:
+    if children and not tree:
         names = ", ".join(f"{c} ({_comm(c)})" for c in children[:5])
         raise Refused(f"process {pid} has child processes ({names}); they would be left "
-                      f"behind", pid=pid, hint="grab a process without children")
+                      f"behind", pid=pid, hint=f"grab them with it: umig grab --tree {pid}")
     seccomp = t.status.get("Seccomp", "0")
     if seccomp != "0":
         raise Refused(f"process {pid} runs under seccomp (mode {seccomp}), which umig "
@@ -107,11 +109,43 @@ def _refuse_early(pid: int) -> Target:
 
 
 def _children(pid: int) -> list[int]:
+    """The children of every thread of pid (each thread has its own list)."""
+    out: list[int] = []
     try:
-        data = procfs.read(pid, f"task/{pid}/children")
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            out += [int(x) for x in procfs.read(pid, f"task/{tid}/children").split()]
+        except (OSError, UmigError):
+            pass
+    return sorted(set(out))
+
+
+def _state(pid: int) -> str:
+    try:
+        return procfs.parse_stat(procfs.read(pid, "stat"))[2]
     except (OSError, UmigError):
-        return []
-    return [int(x) for x in data.split()]
+        return "X"
+
+
+def _descendants(pid: int) -> tuple[list[int], list[int]]:
+    """(live, zombies): every process below pid, parents before children."""
+    live: list[int] = []
+    zombies: list[int] = []
+    todo = [pid]
+    while todo:
+        nxt = []
+        for p in todo:
+            for c in _children(p):
+                if _state(c) in ("Z", "X"):
+                    zombies.append(c)
+                else:
+                    live.append(c)
+                    nxt.append(c)
+        todo = nxt
+    return live, zombies
 
 
 def _comm(pid: int) -> str:
@@ -164,10 +198,9 @@ def _tids(pid: int) -> list[int]:
     return sorted(tids, key=lambda t: t != pid)
 
 
-def _tracer(pid: int, tid: int) -> int:
+def _tracer(tid: int) -> int:
     try:
-        return int(procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
-                   .get("TracerPid", "0"))
+        return int(procfs.parse_status(procfs.read(tid, "status")).get("TracerPid", "0"))
     except (OSError, UmigError, ValueError):
         return 0
 
@@ -192,13 +225,32 @@ class Freezer:
     done when every listed thread is in a ptrace stop and the list no longer
     changes."""
 
-    def __init__(self, t: Target):
+    def __init__(self, t: Target, tree: bool = False):
         self.t = t
         self.pid = t.pid
+        self.tree = tree
         self.frozen_at = 0.0
         self.killed_at = 0.0
         self.tids: list[int] = []        # seized, leader first
+        self.members: list[int] = [t.pid]   # the processes, parents first (tree)
+        self.zombies: list[int] = []
         self._stopped: set[int] = set()
+        self._options = tracing.PTRACE_O_TRACECLONE | (
+            tracing.PTRACE_O_TRACEFORK | tracing.PTRACE_O_TRACEVFORK if tree else 0)
+
+    def _tasks(self) -> list[int]:
+        """Every thread of every process to freeze, as /proc shows them now."""
+        if self.tree:
+            live, self.zombies = _descendants(self.pid)
+            self.members = [self.pid] + live
+        out: list[int] = []
+        for p in self.members:
+            try:
+                out += _tids(p)
+            except NoProcess:
+                if p == self.pid:
+                    raise
+        return out
 
     @property
     def attached(self) -> bool:
@@ -222,33 +274,35 @@ class Freezer:
             raise from_oserror(e, f"seizing process {pid}", pid=pid) from e
         try:
             for _ in range(SEIZE_ROUNDS):
-                for tid in _tids(pid):
+                for tid in self._tasks():
                     if tid not in self.tids:
                         try:
                             self._seize(tid)
                         except OSError as e:
-                            if e.errno == 1 and _tracer(pid, tid) == os.getpid():
+                            if e.errno == 1 and _tracer(tid) == os.getpid():
                                 # cloned by a seized thread whose clone event we
                                 # have not read yet: traced already, and its
                                 # first stop comes by itself
                                 self.tids.append(tid)
+                            elif e.errno == 1 and tid != pid and _state(tid) in ("Z", "X"):
+                                pass    # exiting meanwhile: a zombie of the tree, or gone
                             elif e.errno != 3:     # ESRCH: it exited meanwhile
                                 raise
                 while waiting := [t for t in self.tids if t not in self._stopped]:
                     for tid in waiting:
                         self._wait_stopped(tid)
-                if set(_tids(pid)) == set(self.tids):
+                if set(self._tasks()) == set(self.tids):
                     break
             else:
-                raise Refused(f"process {pid} kept creating threads while umig froze it "
-                              f"({len(self.tids)} so far); try again", pid=pid)
+                raise Refused(f"process {pid} kept creating threads or processes while umig "
+                              f"froze it ({len(self.tids)} so far); try again", pid=pid)
         except BaseException:
             self.thaw()
             raise
         self.frozen_at = time.perf_counter()
 
     def _seize(self, tid: int) -> None:
-        tracing.seize(tid, tracing.PTRACE_O_TRACECLONE)
+        tracing.seize(tid, self._options)
         self.tids.append(tid)
         tracing.interrupt(tid)
 
@@ -266,9 +320,11 @@ class Freezer:
                     self.tids = []
                     raise NoProcess(f"process {pid} {st} while umig froze it", pid=pid)
                 return
-            elif st.kind == "event" and st.value == tracing.PTRACE_EVENT_CLONE:
-                # a thread made while seizing: it is traced already (its first
-                # stop is an event stop); take it into the set
+            elif st.kind == "event" and st.value in (tracing.PTRACE_EVENT_CLONE,
+                                                     tracing.PTRACE_EVENT_FORK,
+                                                     tracing.PTRACE_EVENT_VFORK):
+                # a thread (or, --tree, a process) made while seizing: it is
+                # traced already (its first stop is an event stop)
                 new = tracing.eventmsg(tid)
                 if new not in self.tids:
                     self.tids.append(new)
@@ -304,18 +360,24 @@ class Freezer:
         self.attached = False
 
     def leave_stopped(self) -> None:
-        for tid in self.tids[1:]:
+        leaders = set(self.members)
+        for tid in self.tids:
             try:
-                tracing.detach(tid)
+                tracing.detach(tid, signal.SIGSTOP if tid in leaders else 0)
             except OSError:
                 pass
-        tracing.detach(self.pid, signal.SIGSTOP)
         self.attached = False
 
     def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
+        for p in self.members:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.killed_at = time.perf_counter()      # it ends here; reaping follows
-        for tid in self.tids[1:] + self.tids[:1]:     # the leader is reported last
+        leaders = set(self.members)
+        # a leader's exit is reported once its other (traced) threads were reaped
+        for tid in [t for t in self.tids if t not in leaders] + self.members:
             try:
                 while True:
                     st = tracing.wait(tid)
@@ -417,6 +479,11 @@ def _vma_kind(v: procfs.Vma, pid: int, tracking: bool = False) -> tuple[int, int
     if p.startswith("/SYSV"):
         raise Refused(f"process {pid} maps System V shared memory at {v.start:#x} ({p}); "
                       f"not supported yet", pid=pid)
+    if p.startswith("/memfd:") and v.shared:
+        # shared memory as umig resume makes it for an object several VMAs
+        # map (restore/run.py _shared_memory): content like any shmem; a
+        # memfd the program holds as an fd is refused by fdtable
+        return schema.VMA_SHMEM, schema.CONTENT_PAGES
     if p.startswith("/memfd:"):
         raise Refused(f"process {pid} maps a memfd at {v.start:#x} ({p}); not supported "
                       f"yet", pid=pid)
@@ -490,7 +557,7 @@ def _present_ranges(t: Target, vmas: list[dict]) -> list[tuple[int, int, int]]:
         if v["content"] == schema.CONTENT_NONE:
             continue
         if v["flags"] & schema.VMA_SHARED:
-            if v["kind"] == schema.VMA_SHMEM:
+            if v["kind"] == schema.VMA_SHMEM and not v["flags"] & schema.VMA_SHM_SEEN:
                 # shared anonymous memory: pages may live in the object without
                 # being mapped here; take it whole, zero pages are elided
                 ranges.append((v["start"], (v["end"] - v["start"]) // PAGE,
@@ -742,74 +809,46 @@ def _close_proc(t: Target) -> None:
     t.memfd = t.pagemapfd = -1
 
 
-def grab(pid: int, out_fd: int, finish: str = "kill",
-         interrupted: Callable[[], bool] = lambda: False,
-         on_complete: Callable[[int], None] = lambda size: None,
-         prepare: Callable[[int], None] = lambda estimate: None,
-         preread: str = "auto") -> GrabStats:
-    """Write the image of process pid to out_fd; once it is complete (and
-    on_complete(size), which puts a file image in place, succeeded) kill it
-    (finish="kill"), thaw it ("running") or leave it stopped ("stopped").
-    prepare(estimate) gets an upper bound of the image size before the
-    freeze (to preallocate a file).  preread: "on", "off" or "auto" (on for
-    processes of precopy.MIN_RSS and more): read memory before the freeze
-    (precopy.py)."""
-    t0 = time.perf_counter()
-    stats = GrabStats(pid)
-    t = _refuse_early(pid)
-    _open_proc(t)
-    rss_kb = int(t.status.get("VmRSS", "0 kB").split()[0] or 0) + int(
-        t.status.get("VmSwap", "0 kB").split()[0] or 0)
-    prepare(rss_kb * 1024 + (4 << 20))
-    fr = Freezer(t)
-    done = False
-    tracker: precopy.Tracker | None = None
-    cache: precopy.Cache | None = None
+@dataclass
+class Member:
+    """One process of the image, read while frozen: its state records and
+    the page ranges to write."""
+    t: Target
+    records: list = field(default_factory=list)     # (schema.Record, values), in order
+    ranges: list = field(default_factory=list)
+    smaps: list = field(default_factory=list)
+    vmas: list = field(default_factory=list)
+    fds: list = field(default_factory=list)
 
-    def check() -> None:
-        if interrupted():
-            raise Interrupted(f"interrupted: process {pid} was left running as it was",
-                              pid=pid)
 
-    try:
-        if preread == "on" or (preread == "auto" and rss_kb * 1024 >= precopy.MIN_RSS):
-            try:
-                tracker, cache = _preread(t, check)
-            except OSError as e:
-                stats.precopy = f"off ({e.strerror or e})"
-        with critical():
-            fr.freeze()
-        check()
-        # re-check what may have changed before the freeze
-        status = procfs.parse_status(procfs.read(pid, "status"))
-        if _children(pid):
-            raise Refused(f"process {pid} started a child process while umig froze it",
-                          pid=pid)
-        st = procfs.parse_stat(procfs.read(pid, "stat"))
-        smaps = procfs.parse_smaps(procfs.read(pid, "smaps"))
-        vmas = _vma_records(t, smaps)
-        fds = fdtable.describe_all(pid)
-        pipes = fdtable.pipe_records(pid, fds)
-        vdso = _vdso_record(t, smaps)
-        timers = procfs.read(pid, "timers").strip() if os.path.exists(
-            f"/proc/{pid}/timers") else b""
-        if timers:
-            raise Refused(f"process {pid} has POSIX timers (timer_create); not supported yet",
-                          pid=pid)
-        gadget = find_gadget(vdso["image"], vdso["vdso_start"]) if vdso else None
-        with Injector(pid, t.memfd, gadget) as inj:
-            task = _read_process(t, inj)
-        threads = []
-        for tid in fr.tids:
-            with Injector(tid, t.memfd, gadget) as inj:
-                threads.append(_read_thread(pid, tid, inj))
-        creds = _creds(status)
-        creds["securebits"] = task["securebits"]
-        check()
-
-        w = ImageWriter(out_fd)
-        w.record(schema.HEADER, header_record(pid))
-        w.record(schema.PROCESS, {
+def _read_member(t: Target, tree: bool) -> Member:
+    """Everything the image holds about one frozen process but its pages."""
+    pid = t.pid
+    status = procfs.parse_status(procfs.read(pid, "status"))
+    if not tree and _children(pid):
+        raise Refused(f"process {pid} started a child process while umig froze it",
+                      pid=pid, hint=f"grab them with it: umig grab --tree {pid}")
+    st = procfs.parse_stat(procfs.read(pid, "stat"))
+    smaps = procfs.parse_smaps(procfs.read(pid, "smaps"))
+    vmas = _vma_records(t, smaps)
+    fds = fdtable.describe_all(pid)
+    vdso = _vdso_record(t, smaps)
+    timers = procfs.read(pid, "timers").strip() if os.path.exists(
+        f"/proc/{pid}/timers") else b""
+    if timers:
+        raise Refused(f"process {pid} has POSIX timers (timer_create); not supported yet",
+                      pid=pid)
+    gadget = find_gadget(vdso["image"], vdso["vdso_start"]) if vdso else None
+    with Injector(pid, t.memfd, gadget) as inj:
+        task = _read_process(t, inj)
+    threads = []
+    for tid in _tids(pid):
+        with Injector(tid, t.memfd, gadget) as inj:
+            threads.append(_read_thread(pid, tid, inj))
+    creds = _creds(status)
+    creds["securebits"] = task["securebits"]
+    recs: list = [
+        (schema.PROCESS, {
             "pid": pid, "ppid": int(st[3]), "pgid": int(st[4]), "sid": int(st[5]),
             "nthreads": len(threads), "comm": st[1],
             "exe": _readlink(f"/proc/{pid}/exe"),
@@ -818,33 +857,128 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             "personality": int(procfs.read(pid, "personality"), 16),
             "umask": int(status.get("Umask", "0022"), 8),
             "pdeathsig": task["pdeathsig"],
-            "no_new_privs": int(status.get("NoNewPrivs", "0"))})
-        w.record(schema.CREDS, creds)
-        w.record(schema.RLIMITS, {"limits": [
-            {"resource": r, "cur": s, "max": h}
-            for r, s, h in procfs.parse_limits(procfs.read(pid, "limits"))]})
-        w.record(schema.MM, {
+            "no_new_privs": int(status.get("NoNewPrivs", "0")),
+            "exit_signal": int(st[37])}),
+        (schema.CREDS, creds),
+        (schema.RLIMITS, {"limits": [
+            {"resource": r, "cur": c, "max": h}
+            for r, c, h in procfs.parse_limits(procfs.read(pid, "limits"))]}),
+        (schema.MM, {
             "start_code": int(st[25]), "end_code": int(st[26]), "start_data": int(st[44]),
             "end_data": int(st[45]), "start_brk": int(st[46]), "brk": task["brk"],
             "start_stack": int(st[27]), "arg_start": int(st[47]), "arg_end": int(st[48]),
             "env_start": int(st[49]), "env_end": int(st[50]),
-            "auxv": procfs.read(pid, "auxv"), "exe": _readlink(f"/proc/{pid}/exe")})
-        if vdso:
-            w.record(schema.VDSO, vdso)
-        for v in vmas:
-            w.record(schema.VMA, v)
-        for th in threads:
-            w.record(schema.THREAD, th)
-        w.record(schema.SIGACTIONS, {"actions": task["actions"]})
-        w.record(schema.PENDING, {"signals": task["pending"]})
-        w.record(schema.ITIMERS, {"timers": task["itimers"]})
-        for f in fds:
-            w.record(schema.FD, f)
+            "auxv": procfs.read(pid, "auxv"), "exe": _readlink(f"/proc/{pid}/exe")})]
+    if vdso:
+        recs.append((schema.VDSO, vdso))
+    recs += [(schema.VMA, v) for v in vmas]
+    recs += [(schema.THREAD, th) for th in threads]
+    recs += [(schema.SIGACTIONS, {"actions": task["actions"]}),
+             (schema.PENDING, {"signals": task["pending"]}),
+             (schema.ITIMERS, {"timers": task["itimers"]})]
+    recs += [(schema.FD, f) for f in fds]
+    return Member(t, recs, [], smaps, vmas, fds)
+
+
+def _zombie_record(pid: int) -> dict:
+    st = procfs.parse_stat(procfs.read(pid, "stat"))
+    return {"pid": pid, "ppid": int(st[3]), "pgid": int(st[4]), "sid": int(st[5]),
+            "exit_status": int(st[51]) if len(st) > 51 else 0, "comm": st[1],
+            "exit_signal": int(st[37])}
+
+
+def _shared_once(members: list[Member]) -> None:
+    """Shared anonymous memory mapped by several members (or twice in one)
+    is one object: its pages go into the image once, with the first VMA
+    that maps that part of it."""
+    seen: set[tuple[int, int, int]] = set()
+    for m in members:
+        for v in m.vmas:
+            if v["kind"] == schema.VMA_SHMEM and v["flags"] & schema.VMA_SHARED:
+                key = (v["ino"], v["pgoff"], v["end"] - v["start"])
+                if key in seen:
+                    v["flags"] |= schema.VMA_SHM_SEEN
+                seen.add(key)
+
+
+def grab(pid: int, out_fd: int, finish: str = "kill",
+         interrupted: Callable[[], bool] = lambda: False,
+         on_complete: Callable[[int], None] = lambda size: None,
+         prepare: Callable[[int], None] = lambda estimate: None,
+         preread: str = "auto", tree: bool = False) -> GrabStats:
+    """Write the image of process pid (with tree, of it and all its
+    descendants) to out_fd; once it is complete (and on_complete(size),
+    which puts a file image in place, succeeded) kill it (finish="kill"),
+    thaw it ("running") or leave it stopped ("stopped").  prepare(estimate)
+    gets an upper bound of the image size before the freeze (to preallocate
+    a file).  preread: "on", "off" or "auto" (on for processes of
+    precopy.MIN_RSS and more): read memory before the freeze (precopy.py;
+    not with tree)."""
+    t0 = time.perf_counter()
+    stats = GrabStats(pid)
+    t = _refuse_early(pid, tree)
+    _open_proc(t)
+    rss_kb = int(t.status.get("VmRSS", "0 kB").split()[0] or 0) + int(
+        t.status.get("VmSwap", "0 kB").split()[0] or 0)
+    if tree:
+        for c in _descendants(pid)[0]:
+            try:
+                _refuse_early(c, True)
+                rss_kb += int(procfs.parse_status(procfs.read(c, "status"))
+                              .get("VmRSS", "0 kB").split()[0] or 0)
+            except NoProcess:
+                pass
+            except Refused:
+                if _state(c) not in ("Z", "X"):    # ended meanwhile: a zombie of the tree
+                    raise
+    prepare(rss_kb * 1024 + (4 << 20))
+    fr = Freezer(t, tree)
+    done = False
+    tracker: precopy.Tracker | None = None
+    cache: precopy.Cache | None = None
+    targets: dict[int, Target] = {pid: t}
+
+    def check() -> None:
+        if interrupted():
+            raise Interrupted(f"interrupted: process {pid} was left running as it was",
+                              pid=pid)
+
+    try:
+        if not tree and (preread == "on" or (preread == "auto"
+                                             and rss_kb * 1024 >= precopy.MIN_RSS)):
+            try:
+                tracker, cache = _preread(t, check)
+            except OSError as e:
+                stats.precopy = f"off ({e.strerror or e})"
+        with critical():
+            fr.freeze()
+        check()
+        members = []
+        for p in fr.members:
+            if p not in targets:
+                targets[p] = _refuse_early(p, True)
+                _open_proc(targets[p])
+            members.append(_read_member(targets[p], tree))
+        zombies = [_zombie_record(z) for z in fr.zombies]
+        pipes = fdtable.pipe_records([(m.t.pid, m.fds) for m in members])
+        _shared_once(members)
+        check()
+
+        w = ImageWriter(out_fd)
+        w.record(schema.HEADER, header_record(pid))
+        for m in members:
+            for rec, values in m.records:
+                w.record(rec, values)
+        for z in zombies:
+            w.record(schema.ZOMBIE, z)
         for pipe in pipes:
             w.record(schema.PIPE, pipe)
-        ranges = _present_ranges(t, vmas)
-        unchanged = tracker.unchanged(t.pagemapfd, smaps) if tracker else None
-        stats.data_pages = _write_pages(t, w, ranges, check, cache, unchanged)
+        for m in members:
+            if tree:
+                w.record(schema.OWNER, {"pid": m.t.pid})
+            ranges = _present_ranges(m.t, m.vmas)
+            unchanged = tracker.unchanged(t.pagemapfd, m.smaps) if tracker else None
+            stats.data_pages += _write_pages(m.t, w, ranges, check, cache, unchanged)
         if cache:
             stats.precopy = (f"{cache.reused} pre-read chunks kept, {cache.reread} read "
                              f"again frozen")
@@ -856,8 +990,10 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         done = True
         stats.pages = w.pages
         stats.image_bytes = w.offset
-        stats.vmas = len(vmas)
-        stats.fds = len(fds)
+        stats.vmas = sum(len(m.vmas) for m in members)
+        stats.fds = sum(len(m.fds) for m in members)
+        stats.processes = len(members)
+        stats.threads = sum(rec[1]["nthreads"] for m in members for rec in m.records[:1])
     except (KeyboardInterrupt, Interrupted) as e:
         why = e.msg if isinstance(e, Interrupted) else "interrupted"
         raise Interrupted(f"{why}: process {pid} was left running as it was",
@@ -879,7 +1015,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                 fr.thaw()
         if tracker and not done:
             tracker.close()
-        _close_proc(t)
+        for tg in targets.values():
+            _close_proc(tg)
 
     # the image is complete (and synced): now, and only now, finish the source
     with critical():

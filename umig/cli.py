@@ -75,7 +75,7 @@ def cmd_grab(args) -> int:
     try:
         stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
                              on_complete=out.commit, prepare=out.preallocate,
-                             preread=args.preread)
+                             preread=args.preread, tree=args.tree)
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise
@@ -83,7 +83,9 @@ def cmd_grab(args) -> int:
         out.close()
     if args.verbose or os.isatty(2):
         state = {"kill": "killed", "running": "left running", "stopped": "left stopped"}[finish]
-        print(f"umig: grabbed process {stats.pid}: {stats.image_bytes / 2**20:.1f} MiB image, "
+        who = (f"process {stats.pid}" if stats.processes == 1 else
+               f"process {stats.pid} and {stats.processes - 1} descendants")
+        print(f"umig: grabbed {who}: {stats.image_bytes / 2**20:.1f} MiB image, "
               f"{stats.pages} pages ({stats.data_pages} with data), {stats.vmas} mappings, "
               f"{stats.fds} fds; frozen {stats.frozen_s * 1000:.0f} ms; {state}"
               + (f"; {stats.precopy}" if stats.precopy else ""), file=sys.stderr)
@@ -178,6 +180,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--preread", choices=("auto", "on", "off"), default="auto",
                    help="read and compress memory before freezing the process and keep "
                         "what it does not write meanwhile (auto: from 16 MiB resident)")
+    g.add_argument("--tree", action="store_true",
+                   help="grab the process and all its descendants together")
     g.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
     g.set_defaults(func=cmd_grab)
 

@@ -173,6 +173,7 @@ class Terminal(FdKind):
 
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+PIPE_READ, PIPE_WRITE = 1, 2          # PIPE.ends: the ends some process still holds
 FIONREAD = 0x541B
 NR_tee, NR_pidfd_getfd = 276, 438
 SPLICE_F_NONBLOCK = 2
@@ -201,26 +202,84 @@ KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, RegularFile, Directory, SimpleDevice, Terminal, Pipe)}
 
 
-def pipe_records(pid: int, fds: list[dict]) -> list[dict]:
-    """PIPE records for the pipes among `fds` (the process is frozen).
-    Refuses a pipe whose other end is not held here: what is at the far
-    end would be left behind."""
-    ends: dict[int, dict[str, list[int]]] = {}
-    for rec in fds:
-        if rec["kind"] == Pipe.name:
-            side = "w" if rec["flags"] & O_ACCMODE == os.O_WRONLY else "r"
-            ends.setdefault(rec["ino"], {"r": [], "w": []})[side].append(rec["fd"])
+def pipe_records(members: list[tuple[int, list[dict]]]) -> list[dict]:
+    """PIPE records for the pipes among the fds of the grabbed processes
+    [(pid, FD records)] (all frozen).  Refuses a pipe whose other end none
+    of them holds: what is at the far end would be left behind."""
+    ends: dict[int, dict[str, list[tuple[int, int]]]] = {}
+    stdio: dict[int, list[dict]] = {}
+    for pid, fds in members:
+        for rec in fds:
+            if rec["kind"] in (Pipe.name, Stdio.name) and rec["path"].startswith("pipe:"):
+                side = "w" if rec["flags"] & O_ACCMODE == os.O_WRONLY else "r"
+                ends.setdefault(rec["ino"], {"r": [], "w": []})[side].append((pid, rec["fd"]))
+                if rec["kind"] == Stdio.name:
+                    stdio.setdefault(rec["ino"], []).append(rec)
+    for ino, recs in stdio.items():
+        if ends[ino]["r"] and ends[ino]["w"]:
+            for rec in recs:          # between members (a shell pipeline): a pipe
+                rec["kind"] = Pipe.name
+        else:
+            del ends[ino]             # to the outside at fds 0-2: umig resume's stdio
     out = []
+    many = len(members) > 1
+    half = {ino for ino, sides in ends.items() if not sides["r"] or not sides["w"]}
+    outside = _holders(half, {pid for pid, _ in members}) if half else {}
     for ino, sides in ends.items():
-        if not sides["r"] or not sides["w"]:
-            fd = (sides["r"] or sides["w"])[0]
+        if ino in outside:
+            pid, fd = (sides["r"] or sides["w"])[0]
             have = "read" if sides["r"] else "write"
+            opid, ofd = outside[ino]
             raise Refused(f"process {pid} fd {fd} is the {have} end of pipe:[{ino}], whose "
-                          f"other end is held outside the grabbed process", pid=pid, fd=fd,
-                          hint="grab the process at the other end with it (--tree), or "
-                               "close the pipe in the program")
-        out.append(_pipe_contents(pid, sides["r"][0], ino))
+                          f"other end is held outside the grabbed process"
+                          f"{'es' if many else ''} (by process {opid} fd {ofd})", pid=pid,
+                          fd=fd, hint="grab the process at the other end with it (--tree), "
+                                      "or close the pipe in the program")
+        # an end no process holds any more stays closed
+        have_ends = (PIPE_READ if sides["r"] else 0) | (PIPE_WRITE if sides["w"] else 0)
+        if sides["r"]:
+            rec = _pipe_contents(*sides["r"][0], ino)
+        else:
+            rec = {"ino": ino, "size": _pipe_size(*sides["w"][0]), "data": b""}
+        rec["ends"] = have_ends
+        out.append(rec)
     return out
+
+
+def _holders(inos: set[int], members: set[int]) -> dict[int, tuple[int, int]]:
+    """{ino: (pid, fd)} of a process outside `members` holding one of these
+    pipes (as far as /proc lets us see: a plain user sees only their own)."""
+    want = {f"pipe:[{ino}]": ino for ino in inos}
+    out: dict[int, tuple[int, int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in members:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{name}/fd/{fd}")
+            except OSError:
+                continue
+            ino = want.get(target)
+            if ino is not None and ino not in out:
+                out[ino] = (int(name), int(fd))
+    return out
+
+
+def _pipe_size(pid: int, fd: int) -> int:
+    from .native import syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        src = syscall(NR_pidfd_getfd, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    try:
+        return fcntl.fcntl(src, F_GETPIPE_SZ)
+    finally:
+        os.close(src)
 
 
 def _pipe_contents(pid: int, fd: int, ino: int) -> dict:
@@ -342,6 +401,13 @@ class ResumeFds:
             view = memoryview(rec["data"])
             while view:
                 view = view[os.write(ends[1], view):]
+        # an end nobody held is closed: readers see EOF after the data,
+        # writers EPIPE (older images hold both ends: ends = 0 means both)
+        have = rec.get("ends") or PIPE_READ | PIPE_WRITE
+        for bit, end in ((PIPE_READ, ends[0]), (PIPE_WRITE, ends[1])):
+            if not have & bit:
+                os.close(end)
+                self.opened.remove(end)
         return ends
 
     def keep(self, fd: int) -> int:

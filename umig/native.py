@@ -13,7 +13,7 @@ from . import __version__
 from .errors import UmigError
 
 NATIVE_ABI = 2
-PLAN_ABI = 4
+PLAN_ABI = 6
 PAGE = 4096
 
 try:

@@ -12,7 +12,7 @@
  * Bump UMIG_PLAN_ABI on any change of layout or meaning.
  */
 
-#define UMIG_PLAN_ABI 4
+#define UMIG_PLAN_ABI 6
 #define UMIG_PLAN_MAGIC 0x4e414c5047494d55
 
 /* Fixed offsets inside restorer.bin (see the head of restorer.c). */
@@ -48,6 +48,8 @@
 #define UMIG_STEP_CLOSE 19
 #define UMIG_STEP_SIGRETURN 20
 #define UMIG_STEP_THREAD 21
+#define UMIG_STEP_FORK 22
+#define UMIG_STEP_SESSION 23
 
 /* madvise bits applied after the pages are in. */
 #define UMIG_MADV_DONTFORK 1
@@ -117,6 +119,19 @@ struct umig_thread {
     uint32_t rseq_len;
     uint32_t rseq_sig;
     char comm[16];
+};
+
+/* A child process (grab --tree): forked by its parent's restorer with
+ * clone3 (set_tid when pid != 0) before the parent changes anything; it
+ * runs the restorer with its own plan, or, a zombie, exits at once with
+ * the wait status it had. */
+struct umig_child {
+    int32_t pid;             /* keep this pid; 0: any */
+    int32_t exit_signal;     /* what its parent gets when it ends (SIGCHLD) */
+    uint32_t zombie;         /* 1: exit at once with `status` */
+    uint32_t status;         /* wait status of a zombie */
+    uint64_t plan;           /* struct umig_plan of a live child */
+    char comm[16];           /* a zombie's name */
 };
 
 /* = struct prctl_mm_map */
@@ -195,7 +210,7 @@ struct umig_plan {
     uint32_t umask;
     int32_t pdeathsig;
     uint32_t no_new_privs;
-    uint32_t setpgid;        /* 1: setpgid(0, 0) */
+    uint32_t setpgid;        /* 1: setpgid(0, pgid) */
     char comm[16];
     uint64_t clear_child_tid;
     uint64_t robust_list;
@@ -213,6 +228,13 @@ struct umig_plan {
     /* the other threads, made after the task state and before the creds */
     uint64_t threads;        /* struct umig_thread[nthreads] */
     uint32_t nthreads;
+
+    /* the process tree: children first, then session and group */
+    uint32_t nchildren;
+    uint64_t children;       /* struct umig_child[nchildren] */
+    uint32_t setsid;         /* 1: setsid() (a session leader that is not the root) */
+    int32_t pgid;            /* with setpgid: join this group (0: its own) */
+    uint32_t drop_sigchld;   /* 1: discard the SIGCHLD its zombie children sent */
     uint32_t pad2;
 
     /* progress, written by the restorer */

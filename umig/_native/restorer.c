@@ -225,6 +225,14 @@ static void restore_creds(struct umig_plan *p)
 
 static void restore_task(struct umig_plan *p)
 {
+    if (p->drop_sigchld) {
+        /* setting SIG_IGN discards a pending SIGCHLD (the zombies were
+         * made with the default action, so they stay zombies) */
+        struct umig_ksigaction ign;
+        memset(&ign, 0, sizeof(ign));
+        ign.handler = 1;
+        CHECK(UMIG_STEP_SIGACTION, sys4(NR_rt_sigaction, 17, (long)&ign, 0, 8));
+    }
     for (int i = 0; i < 64; i++)
         if ((p->act_set & (1UL << i)) && i + 1 != SIGTRAP)
             CHECK(UMIG_STEP_SIGACTION, sys4(NR_rt_sigaction, i + 1, (long)&p->act[i], 0, 8));
@@ -237,8 +245,6 @@ static void restore_task(struct umig_plan *p)
     CHECK(UMIG_STEP_TASK, sys1(NR_personality, p->personality));
     sys1(NR_umask, p->umask);
     CHECK(UMIG_STEP_TASK, sys2(NR_prctl, PR_SET_NAME, (long)p->comm));
-    if (p->setpgid)
-        CHECK(UMIG_STEP_TASK, sys2(NR_setpgid, 0, 0));
     if (p->robust_len)
         CHECK(UMIG_STEP_TASK, sys2(NR_set_robust_list, p->robust_list, p->robust_len));
     sys1(NR_set_tid_address, p->clear_child_tid);
@@ -322,6 +328,71 @@ static long spawn_thread(struct umig_plan *p, struct umig_thread *t)
     return ret;
 }
 
+/* A zombie-to-be: end now, named and with the wait status the image gives. */
+static void __attribute__((noreturn)) become_zombie(struct umig_child *c)
+{
+    uint32_t status = c->status;
+    int sig = status & 0x7f;
+    sys2(NR_prctl, PR_SET_NAME, (long)c->comm);
+    if (sig) {
+        struct umig_ksigaction dfl;
+        memset(&dfl, 0, sizeof(dfl));
+        sys4(NR_rt_sigaction, sig, (long)&dfl, 0, 8);
+        uint64_t mask = ~(1UL << (sig - 1));
+        sys4(NR_rt_sigprocmask, SIG_SETMASK, (long)&mask, 0, 8);
+        sys3(NR_tgkill, sys0(NR_getpid), sys0(NR_gettid), sig);
+    }
+    for (;;)
+        sys1(NR_exit_group, (status >> 8) & 0xff);
+}
+
+/* Join the process's session and group: a session leader makes its own;
+ * a group whose leader is a sibling may not exist yet, so wait for it. */
+static void enter_session(struct umig_plan *p)
+{
+    if (p->setsid) {
+        CHECK(UMIG_STEP_SESSION, sys0(NR_setsid));
+        return;
+    }
+    if (!p->setpgid)
+        return;
+    long r;
+    for (long tries = 0; (r = sys2(NR_setpgid, 0, p->pgid)) == -1 /* EPERM */; tries++) {
+        if (tries > 200000)
+            fail(p, UMIG_STEP_SESSION, r);
+        sys0(NR_sched_yield);
+    }
+    CHECK(UMIG_STEP_SESSION, r);
+}
+
+void __attribute__((used, noreturn)) restore_main(struct umig_plan *p);
+
+/* Fork the children, each into its own restore (or its end); the parent
+ * goes on.  Without CLONE_VM the child has a copy of everything, this
+ * stack included, and carries on from the clone3 with rax = 0. */
+static void fork_children(struct umig_plan *p)
+{
+    struct umig_child *c = (struct umig_child *)p->children;
+    for (uint32_t i = 0; i < p->nchildren; i++) {
+        int32_t pid = c[i].pid;
+        struct clone_args a;
+        memset(&a, 0, sizeof(a));
+        a.exit_signal = c[i].exit_signal;
+        if (pid) {
+            a.set_tid = (uint64_t)&pid;
+            a.set_tid_size = 1;
+        }
+        long r = sys2(NR_clone3, (long)&a, sizeof(a));
+        if (r < 0)
+            fail(p, UMIG_STEP_FORK, r);
+        if (r == 0) {
+            if (c[i].zombie)
+                become_zombie(&c[i]);
+            restore_main((struct umig_plan *)c[i].plan);
+        }
+    }
+}
+
 void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
 {
     p->step = UMIG_STEP_START;
@@ -332,6 +403,8 @@ void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
     if (p->old_rseq)
         CHECK(UMIG_STEP_RSEQ_DROP, sys4(NR_rseq, p->old_rseq, p->old_rseq_len,
                                         RSEQ_FLAG_UNREGISTER, p->old_rseq_sig));
+    enter_session(p);
+    fork_children(p);
     restore_fds(p);
     if (p->cwd_fd >= 0)
         CHECK(UMIG_STEP_CWD, sys1(NR_fchdir, p->cwd_fd));

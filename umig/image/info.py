@@ -296,6 +296,11 @@ def _render(scan: Scan, version: int) -> None:
         ("xcr0", f"{h['xcr0']:#x} ({' '.join(cpu.feature_names(h['xcr0']))})"),
         ("xsave size", f"{h['xsave_size']} bytes"), ("grabbed by uid", h["uid"])])
 
+    procs, zombies = scan.state.get("PROCESS", []), scan.state.get("ZOMBIE", [])
+    if len(procs) > 1 or zombies:
+        table("Process tree", ("pid", "ppid", "pgid", "sid", "threads", "state", "comm"),
+              _tree_rows(procs, zombies))
+
     p, c = one("PROCESS"), one("CREDS")
     rows = [("pid", p.get("pid")), ("ppid", p.get("ppid")),
             ("pgid / sid", f"{p.get('pgid')} / {p.get('sid')}"),
@@ -376,3 +381,28 @@ def _render(scan: Scan, version: int) -> None:
         ("rounds complete", " ".join(map(str, s["rounds_complete"])) or "none"),
         ("image size", f"{_size(s['image_bytes'])} ({s['image_bytes']} bytes)"),
         ("trailer", "verified (record count and digest)")])
+
+
+def _tree_rows(procs: list[dict], zombies: list[dict]) -> list[tuple]:
+    """One row per process, each under its parent (indented by depth)."""
+    nodes = {p["pid"]: ("running", p) for p in procs}
+    for z in zombies:
+        st = z["exit_status"]
+        how = (f"zombie, killed by {tracing.signal_name(st & 0x7F)}" if st & 0x7F
+               else f"zombie, exit {st >> 8 & 0xFF}")
+        nodes[z["pid"]] = (how, {**z, "nthreads": 0})
+    kids: dict[int, list[int]] = {}
+    for pid, (_, v) in nodes.items():
+        kids.setdefault(v["ppid"], []).append(pid)
+    roots = [pid for pid, (_, v) in nodes.items() if v["ppid"] not in nodes]
+    rows: list[tuple] = []
+
+    def walk(pid: int, depth: int) -> None:
+        state, v = nodes[pid]
+        rows.append(("  " * depth + str(pid), v["ppid"], v["pgid"], v["sid"],
+                     v["nthreads"] or "", state, v["comm"]))
+        for k in sorted(kids.get(pid, [])):
+            walk(k, depth + 1)
+    for r in roots:
+        walk(r, 0)
+    return rows

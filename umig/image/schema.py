@@ -175,7 +175,9 @@ PROCESS = Record(2, "PROCESS", (
     F("umask", "u32"),
     F("pdeathsig", "i32"),
     F("no_new_privs", "u32"),
-), "The process as a whole.")
+    F("exit_signal", "i32"),
+), "The process as a whole.  In an image of a tree (grab --tree) each process "
+   "has its own section that starts with its PROCESS record, parents first.")
 
 CREDS = Record(3, "CREDS", (
     F("uid", "u32"), F("euid", "u32"), F("suid", "u32"), F("fsuid", "u32"),
@@ -200,8 +202,9 @@ MM = Record(5, "MM", (
 # VMA kinds
 VMA_ANON, VMA_FILE, VMA_HEAP, VMA_STACK, VMA_SHMEM, VMA_VDSO, VMA_VVAR, VMA_VVAR_VCLOCK = range(8)
 VMA_KIND_NAMES = ["anon", "file", "heap", "stack", "shmem", "vdso", "vvar", "vvar_vclock"]
-# VMA flags
-VMA_SHARED, VMA_GROWSDOWN, VMA_NORESERVE = 1, 2, 4
+# VMA flags.  SHM_SEEN: shared memory whose pages an earlier VMA of the
+# image (same ino, pgoff and size) carries already
+VMA_SHARED, VMA_GROWSDOWN, VMA_NORESERVE, VMA_SHM_SEEN = 1, 2, 4, 8
 # how the pages of a VMA reach the image
 CONTENT_NONE, CONTENT_PAGES, CONTENT_FILE = 0, 1, 2
 
@@ -285,9 +288,28 @@ PIPE = Record(16, "PIPE", (
     F("ino", "u64"),
     F("size", "u32", "size"),
     F("data", "bytes", "bytes"),
-), "A pipe whose both ends the grabbed process(es) hold (FD records of kind "
-   "'pipe' name it by ino): its capacity and the bytes buffered in it.",
+    F("ends", "u32"),
+), "A pipe the grabbed process(es) hold (FD records of kind 'pipe' name it by "
+   "ino): its capacity, the bytes buffered in it, and which ends some process "
+   "still holds (1 read, 2 write; an end no process holds stays closed).",
    optional=True)
+
+ZOMBIE = Record(17, "ZOMBIE", (
+    F("pid", "u32"),
+    F("ppid", "u32"),
+    F("pgid", "u32"),
+    F("sid", "u32"),
+    F("exit_status", "u32", "hex"),
+    F("comm", "str"),
+    F("exit_signal", "i32"),
+), "A process of the tree that has exited and waits for its parent (a "
+   "member) to reap it: recreated as a zombie with the same wait status.",
+   optional=True)
+
+OWNER = Record(18, "OWNER", (
+    F("pid", "u32"),
+), "In an image of a tree: the PAGES records that follow, up to the next "
+   "OWNER, belong to this process.", optional=True)
 
 PAGES_FLAG_LZ4 = 1
 
@@ -317,5 +339,5 @@ TRAILER = Record(15, "TRAILER", (
 
 RECORDS: dict[int, Record] = {r.tag: r for r in (
     HEADER, PROCESS, CREDS, RLIMITS, MM, VMA, VDSO, THREAD, SIGACTIONS, PENDING,
-    ITIMERS, FD, PAGES, ROUND_END, TRAILER, PIPE)}
+    ITIMERS, FD, PAGES, ROUND_END, TRAILER, PIPE, ZOMBIE, OWNER)}
 BY_NAME: dict[str, Record] = {r.name: r for r in RECORDS.values()}

@@ -3,6 +3,7 @@ before it starts a process."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ REQUIRED = ("HEADER", "PROCESS", "CREDS", "RLIMITS", "MM", "THREAD", "SIGACTIONS
 
 @dataclass
 class Image:
+    """One process of the image."""
     header: dict = field(default_factory=dict)
     process: dict = field(default_factory=dict)
     creds: dict = field(default_factory=dict)
@@ -43,26 +45,57 @@ _SINGLE = {"HEADER": "header", "PROCESS": "process", "CREDS": "creds", "RLIMITS"
 
 class Loaded:
     """The image's state records, and the frames still to come (pages,
-    then the trailer, verified by the reader)."""
+    then the trailer, verified by the reader).
+
+    An image of a tree has one section per process, each starting with its
+    PROCESS record (parents first); HEADER, PIPE and ZOMBIE records belong
+    to the whole image.  `image` is the first (root) process."""
 
     def __init__(self, reader: ImageReader):
         self.reader = reader
         self._frames = iter(reader)
         self._pushed: Frame | None = None
-        self.image = self._load()
+        self.header: dict = {}
+        self.images: list[Image] = []
+        self.zombies: list[dict] = []
+        self.pipes: dict[int, dict] = {}
+        self._load()
+        self.image = self.images[0]
 
-    def _load(self) -> Image:
-        img = Image()
+    def _load(self) -> None:
+        img: Image | None = None
         seen: set[str] = set()
         for frame in self._frames:
             name = frame.name
             if frame.index == 0 and name != "HEADER":
                 raise BadImage(f"record 0 at byte {frame.offset} is {name}, not HEADER",
                                record=0, offset=frame.offset)
-            if name in ("PAGES", "ROUND_END"):
+            if name in ("PAGES", "ROUND_END", "OWNER"):
                 self._pushed = frame
                 break
             values = frame.decode()
+            if name == "HEADER":
+                if self.header:
+                    raise BadImage(f"record {frame.index} repeats HEADER", record=frame.index)
+                self.header = values
+                continue
+            if name == "PIPE":
+                self.pipes[values["ino"]] = values
+                continue
+            if name == "ZOMBIE":
+                self.zombies.append(values)
+                continue
+            if name == "PROCESS":
+                if img is not None:
+                    self._finish(img, seen)
+                img = Image(header=self.header)
+                self.images.append(img)
+                seen = {"HEADER"}
+            elif img is None:
+                if name in _SINGLE or name in ("VMA", "FD", "THREAD"):
+                    raise BadImage(f"record {frame.index} ({name}) comes before any PROCESS "
+                                   f"record", record=frame.index)
+                continue      # records of optional kinds this umig does not use
             if name in _SINGLE:
                 if name in seen:
                     raise BadImage(f"record {frame.index} repeats {name}", record=frame.index)
@@ -72,18 +105,27 @@ class Loaded:
                 img.vmas.append(values)
             elif name == "FD":
                 img.fds.append(values)
-            elif name == "PIPE":
-                img.pipes[values["ino"]] = values
             elif name == "THREAD":
                 seen.add(name)
                 img.threads.append(values)
             # records of optional kinds this umig does not use are skipped
+        if img is None:
+            raise BadImage("image has no PROCESS record: it is truncated or corrupt")
+        self._finish(img, seen)
+        pids = [i.process["pid"] for i in self.images] + [z["pid"] for z in self.zombies]
+        if len(set(pids)) != len(pids):
+            raise BadImage("the image holds two processes with the same pid")
+        for i in self.images:
+            i.pipes = self.pipes
+
+    def _finish(self, img: Image, seen: set[str]) -> None:
         missing = [r for r in REQUIRED if r not in seen]
         if missing:
             raise BadImage(f"image has no {', '.join(missing)} record"
-                           f"{'s' if len(missing) > 1 else ''}: it is truncated or corrupt")
+                           f"{'s' if len(missing) > 1 else ''}"
+                           + (f" for process {img.process['pid']}" if img.process else "")
+                           + ": it is truncated or corrupt")
         self._check_threads(img)
-        return img
 
     @staticmethod
     def _check_threads(img: Image) -> None:
@@ -104,17 +146,25 @@ class Loaded:
                 {"sig": s["sig"], "info": s["info"]} for s in own]
             img.pending["signals"] = [s for s in img.pending["signals"] if s["shared"]]
 
-    def page_frames(self) -> Iterator[Frame]:
-        """The PAGES frames; returns once the trailer is verified."""
-        if self._pushed is not None:
-            frame, self._pushed = self._pushed, None
+    def page_frames(self) -> Iterator[tuple[int, Frame]]:
+        """(pid, frame) for each PAGES frame; pid is the process the pages
+        belong to (the OWNER before them; the root if none).  Returns once
+        the trailer is verified."""
+        owner = self.image.process["pid"]
+        members = {i.process["pid"] for i in self.images}
+        pending = [self._pushed] if self._pushed is not None else []
+        self._pushed = None
+        for frame in itertools.chain(pending, self._frames):
             if frame.tag == schema.PAGES.tag:
-                yield frame
-        for frame in self._frames:
-            if frame.tag == schema.PAGES.tag:
-                yield frame
+                yield owner, frame
+            elif frame.tag == schema.OWNER.tag:
+                owner = frame.decode()["pid"]
+                if owner not in members:
+                    raise BadImage(f"record {frame.index} (OWNER) names process {owner}, "
+                                   f"which the image does not hold", record=frame.index)
             elif frame.tag != schema.ROUND_END.tag and (frame.name in _SINGLE
                                                          or frame.name in ("VMA", "FD",
-                                                                           "THREAD", "PIPE")):
+                                                                           "THREAD", "PIPE",
+                                                                           "PROCESS", "ZOMBIE")):
                 raise BadImage(f"record {frame.index} ({frame.name}) at byte {frame.offset} "
                                f"comes after the pages", record=frame.index)

@@ -32,6 +32,10 @@ def _align(x: int, a: int) -> int:
     return (x + a - 1) & ~(a - 1)
 
 
+def align_page(x: int) -> int:
+    return _align(x, PAGE)
+
+
 def free_gap(occupied: list[tuple[int, int]], size: int, near: int | None = None,
              within: int = 1 << 31) -> int:
     """An address where `size` bytes (plus a guard page each side) touch
@@ -214,6 +218,9 @@ def build(region: Region, plan, arrays: dict, leader: dict, others: list[dict],
             for k, v in item.items():
                 if k == "info":
                     ffi.memmove(arr[i].info, v, 128)
+                elif k == "comm":
+                    b = v.encode("utf-8", "surrogateescape")[:15]
+                    ffi.memmove(arr[i].comm, b + b"\0", len(b) + 1)
                 else:
                     setattr(arr[i], k, v)
         setattr(plan, name, region.alloc(bytes(ffi.buffer(arr)), 16))

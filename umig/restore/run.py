@@ -69,7 +69,7 @@ class Resumed:
     timings: dict = field(default_factory=dict)
 
 
-def _vma_plan(img, map_fds: dict) -> list[dict]:
+def _vma_plan(img, map_fds: dict, shm: dict[int, int]) -> list[dict]:
     out = []
     for v in img.vmas:
         if v["kind"] in (schema.VMA_VDSO, schema.VMA_VVAR, schema.VMA_VVAR_VCLOCK):
@@ -84,6 +84,8 @@ def _vma_plan(img, map_fds: dict) -> list[dict]:
             fd = map_fds[(v["path"], shared and bool(v["prot"] & PROT_WRITE))]
             pgoff = v["pgoff"]
         init = v["prot"] if shared and fd >= 0 else PROT_READ | PROT_WRITE
+        if shared and v["kind"] == schema.VMA_SHMEM and v["ino"] in shm:
+            fd, pgoff, init = shm[v["ino"]], v["pgoff"], PROT_READ | PROT_WRITE
         out.append({"start": v["start"], "end": v["end"], "pgoff": pgoff, "fd": fd,
                     "map_flags": flags, "prot": v["prot"], "init_prot": init,
                     "madv": v["madv"], "pad": 0})
@@ -125,45 +127,50 @@ def _have_cap(cap: int) -> bool:
     return bool(checks.own_caps() >> cap & 1)
 
 
-def _choose_pid(img, mode: str, warn) -> int:
-    """The pid to give the process (0: any).  The threads keep their tids
-    whenever the pid is kept; a multi-threaded process must keep them, since
-    glibc holds each thread's tid in its thread descriptor (pthread_kill,
-    mutex owners)."""
+def _choose_pids(loaded: Loaded, mode: str) -> bool:
+    """Whether the processes keep their pids and tids (else they get any).
+    A multi-threaded process must keep its tids, since glibc holds each
+    thread's tid in its thread descriptor (pthread_kill, mutex owners); a
+    tree must keep its pids, which its members know of each other."""
+    img = loaded.image
     want = img.process["pid"]
-    tids = [t["tid"] for t in img.threads]
-    multi = len(tids) > 1
-    why_multi = (f"process {want} has {len(tids)} threads, and a thread with a new tid "
-                 f"would break its pthread_kill and mutexes")
+    ids = [(t["tid"], i.process["pid"]) for i in loaded.images for t in i.threads] + [
+        (z["pid"], z["pid"]) for z in loaded.zombies]
+    nthreads = sum(len(i.threads) for i in loaded.images)
+    tree = len(loaded.images) > 1 or bool(loaded.zombies)
+    must = tree or nthreads > 1
+    why = (f"the image holds a tree of {len(loaded.images) + len(loaded.zombies)} processes "
+           f"that know each other's pids" if tree else
+           f"process {want} has {nthreads} threads, and a thread with a new tid would break "
+           f"its pthread_kill and mutexes")
     if mode == "new":
-        if multi:
-            raise EnvironmentProblem(f"cannot give new ids: {why_multi}", pid=want,
+        if must:
+            raise EnvironmentProblem(f"cannot give new ids: {why}", pid=want,
                                      hint="resume without --pid new")
-        return 0
+        return False
     if not checks.can_checkpoint_restore():
-        if mode == "keep" or multi:
-            what = (f"{why_multi}; keeping its thread ids" if multi
-                    else f"cannot keep pid {want}: that")
-            raise EnvironmentProblem(f"{what} needs CAP_CHECKPOINT_RESTORE (or root)", pid=want,
-                                     hint="resume as root" + ("" if multi else
-                                                              ", or without --pid keep"))
-        return 0
+        if mode == "keep" or must:
+            what = f"{why}; keeping its ids" if must else f"cannot keep pid {want}: that"
+            raise EnvironmentProblem(f"{what} needs CAP_CHECKPOINT_RESTORE (or root)",
+                                     pid=want, hint="resume as root" + (
+                                         "" if must else ", or without --pid keep"))
+        return False
     deadline = time.monotonic() + 3.0
-    for tid in tids:
+    for tid, owner in ids:
         while True:
             state = checks.pid_state(tid)
             if state is None:
                 break
             if state not in ("Z", "X") or time.monotonic() > deadline:
-                if mode == "keep" or multi:
-                    what = "pid" if tid == want else "thread id"
+                if mode == "keep" or must:
+                    what = "pid" if tid == owner else "thread id"
                     raise EnvironmentProblem(
                         f"cannot keep {what} {tid}: it is taken by {_owner(tid)}", pid=tid,
-                        hint="stop that process" + ("" if multi else
+                        hint="stop that process" + ("" if must else
                                                     ", or resume without --pid keep"))
-                return 0
+                return False
             time.sleep(0.02)     # the source was just killed; wait for its reaping
-    return want
+    return True
 
 
 def _owner(tid: int) -> str:
@@ -197,17 +204,24 @@ class Child:
         self.alive = True
         self.threads: list[int] = []      # tids of the threads, in creation order
 
-    def stop(self, expect: int | None, what: str, plan_addr: int) -> None:
+    def stop(self, expect: int | None, what: str, plan_addr: int,
+             processes: bool = False) -> list[int]:
         """Continue the leader to the restorer's next int3 stop and check it
-        is `expect`; threads it makes on the way are noted."""
+        is `expect`.  Threads it makes on the way are noted; processes it
+        forks (processes=True: the restorer forks before it maps) are
+        returned, in order."""
+        forks: list[int] = []
         tracing.cont(self.pid)
         while True:
             st = tracing.wait(self.pid)
-            if not (st.kind == "event" and st.value == tracing.PTRACE_EVENT_CLONE):
+            if not (st.kind == "event" and st.value in (tracing.PTRACE_EVENT_CLONE,
+                                                        tracing.PTRACE_EVENT_FORK)):
                 break
-            self.threads.append(tracing.eventmsg(self.pid))
+            new = tracing.eventmsg(self.pid)
+            (forks if processes else self.threads).append(new)
             tracing.cont(self.pid)
         self.check_trap(self.pid, st, expect, what, plan_addr)
+        return forks
 
     def thread_ready(self, tid: int, plan_addr: int) -> None:
         """Run a new thread from its first stop (SIGSTOP, suppressed) to its
@@ -292,8 +306,8 @@ def _place(child: Child, frame, round_: int, flags: int, raw_len: int, runs, dat
                             f"{os.strerror(-r)}")
 
 
-def _feed_pages(child: Child, loaded: Loaded, check) -> int:
-    """Write every PAGES record into the child: this thread reads and
+def _feed_pages(children: dict[int, Child], loaded: Loaded, check) -> int:
+    """Write every PAGES record into its process: this thread reads and
     checksums the stream, a second one decompresses and writes (one record
     behind).  The reader verifies the trailer when the pages end, and here
     its counts are held against what came."""
@@ -301,7 +315,8 @@ def _feed_pages(child: Child, loaded: Loaded, check) -> int:
     pending: list = []
     with ThreadPoolExecutor(1, thread_name_prefix="umig-place") as pool:
         try:
-            for frame in loaded.page_frames():
+            for owner, frame in loaded.page_frames():
+                child = children[owner]
                 round_, flags, raw_len, runs, data = decode_pages(frame)
                 if pending:
                     pending.pop().result()
@@ -325,152 +340,264 @@ def _feed_pages(child: Child, loaded: Loaded, check) -> int:
     return pages
 
 
+@dataclass
+class _Proc:
+    """One process being resumed: what its plan is made of, then the traced
+    child it became."""
+    img: object
+    parent: int = 0                  # its parent's pid in the image; 0: the root
+    set_creds: bool = False
+    vdso_addr: int = 0
+    vdso_patch: bytes | None = None
+    fdmap: list = field(default_factory=list)
+    map_fds: dict = field(default_factory=dict)
+    cwd_fd: int = -1
+    exe_fd: int = -1
+    vmas: list = field(default_factory=list)
+    plan_addr: int = 0
+    child: Child | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.img.process["pid"]
+
+
+def _pick_vdso(pr: _Proc, spans: list, opts: ResumeOptions) -> str:
+    img = pr.img
+    if not img.vdso:
+        return "none"
+    block_start, _ = vdsomod.image_block(img.vdso)
+    if vdsomod.same_vdso(img.vdso):
+        pr.vdso_addr = block_start
+        return "same"
+    host = vdsomod.host_vdso()
+    if host is None:
+        raise EnvironmentProblem("this host has no vDSO to redirect the image's to")
+    pr.vdso_addr = planmod.free_gap(spans, host.block_size, near=img.vdso["vdso_start"])
+    new_vdso = pr.vdso_addr + host.vdso_offset
+    pr.vdso_patch = vdsomod.redirect(img.vdso["image"], img.vdso["vdso_start"], host.image,
+                                     new_vdso)
+    spans.append((pr.vdso_addr, pr.vdso_addr + host.block_size))
+    opts.warn(f"the vDSO differs from the image's: its functions now jump to this "
+              f"kernel's vDSO at {new_vdso:#x}")
+    return "redirected"
+
+
+def _shared_memory(loaded: Loaded, fds: ResumeFds) -> dict[int, int]:
+    """A memfd for each shared anonymous object that several VMAs map (in
+    one process or several): one object, as it was.  {ino: fd}."""
+    uses: dict[int, list[dict]] = {}
+    for img in loaded.images:
+        for v in img.vmas:
+            if v["kind"] == schema.VMA_SHMEM and v["flags"] & schema.VMA_SHARED:
+                uses.setdefault(v["ino"], []).append(v)
+    out = {}
+    for ino, vs in uses.items():
+        if len(vs) < 2:
+            continue
+        fd = os.memfd_create("umig-shm", os.MFD_CLOEXEC)
+        os.ftruncate(fd, max(v["pgoff"] + v["end"] - v["start"] for v in vs))
+        out[ino] = fds.keep(fd)
+    return out
+
+
+def _open_fds(pr: _Proc, fds: ResumeFds, shm: dict, opts: ResumeOptions) -> None:
+    """Everything of pr's the resuming umig opens for it: its fds, the files
+    it maps, its cwd and exe."""
+    img = pr.img
+    for rec in img.fds:
+        if rec["fd"] == 0 and opts.image_on_stdin and rec["kind"] == "stdio":
+            src = fds.keep(os.open("/dev/null", os.O_RDONLY))
+        else:
+            src = fds.recreate(rec)
+        pr.fdmap.append({"src": src, "dst": rec["fd"], "cloexec": rec["cloexec"], "pad": 0})
+    pr.fdmap.sort(key=lambda f: f["dst"])
+    pr.map_fds = _open_mapped(img, fds)
+    try:
+        pr.cwd_fd = fds.keep(os.open(img.process["cwd"], os.O_RDONLY | os.O_DIRECTORY))
+    except OSError as e:
+        raise EnvironmentProblem(f"the working directory {img.process['cwd']} of process "
+                                 f"{pr.pid} cannot be opened here: {e.strerror}",
+                                 path=img.process["cwd"]) from None
+    if _same_file(img.mm["exe"], "/proc/self/exe"):
+        pass    # already our exe (the kernel refuses the change while it is mapped)
+    elif checks.can_checkpoint_restore() and img.mm["exe"]:
+        try:
+            pr.exe_fd = fds.keep(os.open(img.mm["exe"], os.O_RDONLY))
+        except OSError:
+            opts.warn(f"{img.mm['exe']} is not here: /proc/{pr.pid}/exe will name umig's "
+                      f"interpreter")
+    pr.vmas = _vma_plan(img, pr.map_fds, shm)
+    if pr.vdso_patch is not None:
+        pr.vmas.append({"start": img.vdso["vdso_start"],
+                        "end": img.vdso["vdso_start"] + img.vdso["vdso_size"], "pgoff": 0,
+                        "fd": -1, "map_flags": MAP_PRIVATE, "prot": PROT_READ | PROT_EXEC,
+                        "init_prot": PROT_READ | PROT_WRITE, "madv": 0, "pad": 0})
+        pr.vmas.sort(key=lambda v: v["start"])
+
+
+def _fill_plan(pr: _Proc, p, fds: ResumeFds, opts: ResumeOptions) -> list[dict]:
+    """The plan's own values (not the arrays); returns the pending signals."""
+    img = pr.img
+    th = img.thread
+    regs = planmod.regs_dict(th["regs"])
+    p.nfds = len(pr.fdmap)
+    p.cwd_fd = pr.cwd_fd
+    p.aux_lo = fds.base
+    p.aux_hi = max(fds.opened)
+    p.nvmas = len(pr.vmas)
+    p.set_mm = 1
+    p.vdso_addr = pr.vdso_addr
+    mm = img.mm
+    for k in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+              "start_stack", "arg_start", "arg_end", "env_start", "env_end"):
+        setattr(p.mm, k, mm[k])
+    p.mm.auxv_size = len(mm["auxv"])
+    p.mm.exe_fd = pr.exe_fd & 0xFFFFFFFF
+    for i, a in enumerate(img.sigactions["actions"][:64]):
+        p.act[i].handler, p.act[i].flags = a["handler"], a["flags"]
+        p.act[i].restorer, p.act[i].mask = a["restorer"], a["mask"]
+    p.act_set = ((1 << len(img.sigactions["actions"][:64])) - 1) & ~(SIGKILL_BIT | SIGSTOP_BIT)
+    pending = img.pending["signals"] + [
+        {"shared": 0, "sig": x["sig"], "info": x["info"]} for x in th.get("pending", [])]
+    p.npending = len(pending)
+    lims = _rlimits(img, opts.warn)
+    p.nrlimits = len(lims)
+    for i, lim in enumerate(lims):
+        p.rlimits[i].resource, p.rlimits[i].cur, p.rlimits[i].max = \
+            lim["resource"], lim["cur"], lim["max"]
+    for t in img.itimers["timers"]:
+        w = t["which"]
+        p.itimers[w][0:4] = [t["interval_sec"], t["interval_usec"], t["value_sec"],
+                             t["value_usec"]]
+        p.itimer_set |= 1 << w
+    pr_ = img.process
+    p.personality = pr_["personality"]
+    p.umask = pr_["umask"]
+    p.pdeathsig = pr_["pdeathsig"]
+    p.no_new_privs = pr_["no_new_privs"]
+    comm = th["comm"].encode("utf-8", "surrogateescape")[:15]
+    ffi.memmove(p.comm, comm + b"\0", len(comm) + 1)
+    p.clear_child_tid = th["clear_child_tid"]
+    p.robust_list, p.robust_len = th["robust_list"], th["robust_len"]
+    p.rseq, p.rseq_len, p.rseq_sig = th["rseq"], th["rseq_len"], th["rseq_sig"]
+    p.fs_base, p.gs_base = regs["fs_base"], regs["gs_base"]
+    c = img.creds
+    if pr.set_creds:
+        p.creds.set = 1
+        for k in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
+            setattr(p.creds, k, c[k])
+        p.creds.ngroups = len(c["groups"])
+        for k in ("cap_eff", "cap_prm", "cap_inh"):
+            getattr(p.creds, k)[0:2] = [c[k] & 0xFFFFFFFF, c[k] >> 32]
+        p.creds.cap_bnd, p.creds.cap_amb = c["cap_bnd"], c["cap_amb"]
+        p.creds.securebits = c["securebits"]
+    return pending
+
+
+def _sessions(procs: list[_Proc], warn) -> dict[int, tuple[int, int, int]]:
+    """{pid: (setsid, setpgid, pgid)}: the root makes its own group in the
+    session of `umig resume` (a shell job); a member that led its session
+    leads a new one; a member joins the group it was in when that group's
+    leader is a member (or was the root's group, now the root's)."""
+    root = procs[0].img.process
+    members = {pr.pid for pr in procs}
+    out = {root["pid"]: (0, 1, 0)}
+    for pr in procs[1:]:
+        pid, pgid, sid = pr.pid, pr.img.process["pgid"], pr.img.process["sid"]
+        if sid == pid:
+            out[pid] = (1, 0, 0)
+        elif pgid == pid:
+            out[pid] = (0, 1, 0)
+        elif pgid in members:
+            out[pid] = (0, 1, pgid)
+        elif pgid == root["pgid"]:
+            out[pid] = (0, 1, root["pid"])
+        else:
+            warn(f"process {pid} was in process group {pgid}, whose leader is not in the "
+                 f"image: it stays in its parent's group")
+            out[pid] = (0, 0, 0)
+    return out
+
+
 def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
-    """Rebuild the process from the image; returns once it runs."""
+    """Rebuild the process (or tree) from the image; returns once it runs."""
     timings = {"start": time.perf_counter()}
     loaded = Loaded(ImageReader(image_fd))
-    img = loaded.image
-    checks.check_machine(img.header)
-    checks.check_files(img.vmas)
-    set_creds = checks.check_creds(img.creds)
+    checks.check_machine(loaded.header)
+    procs = [_Proc(img) for img in loaded.images]
+    by_pid = {pr.pid: pr for pr in procs}
+    for pr in procs[1:]:
+        pr.parent = pr.img.process["ppid"]
+        if pr.parent not in by_pid:
+            raise BadImage(f"process {pr.pid}'s parent {pr.parent} is not in the image")
+    for z in loaded.zombies:
+        if z["ppid"] not in by_pid:
+            raise BadImage(f"zombie {z['pid']}'s parent {z['ppid']} is not in the image")
+    for pr in procs:
+        checks.check_files(pr.img.vmas)
+        pr.set_creds = checks.check_creds(pr.img.creds)
     for res in (resource.RLIMIT_NOFILE,):
         soft, hard = resource.getrlimit(res)
         if soft < hard:
             resource.setrlimit(res, (hard, hard))
 
-    # ---- the vDSO
-    vdso_addr, vdso_patch, vdso_mode = 0, None, "none"
-    target_spans = [(v["start"], v["end"]) for v in img.vmas]
-    if img.vdso:
-        block_start, block_size = vdsomod.image_block(img.vdso)
-        if vdsomod.same_vdso(img.vdso):
-            vdso_addr, vdso_mode = block_start, "same"
-        else:
-            host = vdsomod.host_vdso()
-            if host is None:
-                raise EnvironmentProblem("this host has no vDSO to redirect the image's to")
-            vdso_addr = planmod.free_gap(target_spans, host.block_size,
-                                         near=img.vdso["vdso_start"])
-            new_vdso = vdso_addr + host.vdso_offset
-            vdso_patch = vdsomod.redirect(img.vdso["image"], img.vdso["vdso_start"],
-                                          host.image, new_vdso)
-            vdso_mode = "redirected"
-            target_spans.append((vdso_addr, vdso_addr + host.block_size))
-            opts.warn(f"the vDSO differs from the image's: its functions now jump to this "
-                      f"kernel's vDSO at {new_vdso:#x}")
+    target_spans = [(v["start"], v["end"]) for pr in procs for v in pr.img.vmas]
+    vdso_mode = "none"
+    for pr in procs:
+        mode = _pick_vdso(pr, target_spans, opts)
+        vdso_mode = mode if pr is procs[0] else vdso_mode
 
-    # ---- fds, files to map, cwd, exe
-    max_dst = max([f["fd"] for f in img.fds] + [2])
-    fds = ResumeFds(base=max_dst + 1, pipes=img.pipes)
-    child: Child | None = None
+    max_dst = max([f["fd"] for pr in procs for f in pr.img.fds] + [2])
+    fds = ResumeFds(base=max_dst + 1, pipes=loaded.pipes)
     region_mapped = 0
     try:
-        fdmap = []
-        for rec in img.fds:
-            if rec["fd"] == 0 and opts.image_on_stdin and rec["kind"] == "stdio":
-                src = fds.keep(os.open("/dev/null", os.O_RDONLY))
-            else:
-                src = fds.recreate(rec)
-            fdmap.append({"src": src, "dst": rec["fd"], "cloexec": rec["cloexec"], "pad": 0})
-        fdmap.sort(key=lambda f: f["dst"])
-        map_fds = _open_mapped(img, fds)
-        try:
-            cwd_fd = fds.keep(os.open(img.process["cwd"], os.O_RDONLY | os.O_DIRECTORY))
-        except OSError as e:
-            raise EnvironmentProblem(f"the process's working directory {img.process['cwd']} "
-                                     f"cannot be opened here: {e.strerror}",
-                                     path=img.process["cwd"]) from None
-        exe_fd = -1
-        if _same_file(img.mm["exe"], "/proc/self/exe"):
-            pass    # already our exe (the kernel refuses the change while it is mapped)
-        elif checks.can_checkpoint_restore() and img.mm["exe"]:
-            try:
-                exe_fd = fds.keep(os.open(img.mm["exe"], os.O_RDONLY))
-            except OSError:
-                opts.warn(f"{img.mm['exe']} is not here: /proc/PID/exe will name umig's "
-                          f"interpreter")
-        vmas = _vma_plan(img, map_fds)
-        if vdso_patch is not None:
-            vmas.append({"start": img.vdso["vdso_start"],
-                         "end": img.vdso["vdso_start"] + img.vdso["vdso_size"], "pgoff": 0,
-                         "fd": -1, "map_flags": MAP_PRIVATE, "prot": PROT_READ | PROT_EXEC,
-                         "init_prot": PROT_READ | PROT_WRITE, "madv": 0, "pad": 0})
-            vmas.sort(key=lambda v: v["start"])
+        shm = _shared_memory(loaded, fds)
+        for pr in procs:
+            _open_fds(pr, fds, shm, opts)
+        keep = _choose_pids(loaded, opts.pid_mode)
+        sessions = _sessions(procs, opts.warn)
 
-        # ---- the plan
-        th = img.thread
-        regs = planmod.regs_dict(th["regs"])
-        p = ffi.new("struct umig_plan *")
-        p.nfds = len(fdmap)
-        p.cwd_fd = cwd_fd
-        p.aux_lo = fds.base
-        p.aux_hi = max(fds.opened)
-        p.nvmas = len(vmas)
-        p.set_mm = 1
-        p.vdso_addr = vdso_addr
-        mm = img.mm
-        for k in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
-                  "start_stack", "arg_start", "arg_end", "env_start", "env_end"):
-            setattr(p.mm, k, mm[k])
-        p.mm.auxv_size = len(mm["auxv"])
-        p.mm.exe_fd = exe_fd & 0xFFFFFFFF
-        for i, a in enumerate(img.sigactions["actions"][:64]):
-            p.act[i].handler, p.act[i].flags = a["handler"], a["flags"]
-            p.act[i].restorer, p.act[i].mask = a["restorer"], a["mask"]
-        p.act_set = ((1 << len(img.sigactions["actions"][:64])) - 1) & ~(SIGKILL_BIT | SIGSTOP_BIT)
-        pending = img.pending["signals"] + [
-            {"shared": 0, "sig": x["sig"], "info": x["info"]} for x in th.get("pending", [])]
-        p.npending = len(pending)
-        lims = _rlimits(img, opts.warn)
-        p.nrlimits = len(lims)
-        for i, lim in enumerate(lims):
-            p.rlimits[i].resource, p.rlimits[i].cur, p.rlimits[i].max = \
-                lim["resource"], lim["cur"], lim["max"]
-        for t in img.itimers["timers"]:
-            w = t["which"]
-            p.itimers[w][0:4] = [t["interval_sec"], t["interval_usec"], t["value_sec"],
-                                 t["value_usec"]]
-            p.itimer_set |= 1 << w
-        pr = img.process
-        p.personality = pr["personality"]
-        p.umask = pr["umask"]
-        p.pdeathsig = pr["pdeathsig"]
-        p.no_new_privs = pr["no_new_privs"]
-        p.setpgid = 1
-        comm = th["comm"].encode("utf-8", "surrogateescape")[:15]
-        ffi.memmove(p.comm, comm + b"\0", len(comm) + 1)
-        p.clear_child_tid = th["clear_child_tid"]
-        p.robust_list, p.robust_len = th["robust_list"], th["robust_len"]
-        p.rseq, p.rseq_len, p.rseq_sig = th["rseq"], th["rseq_len"], th["rseq_sig"]
-        p.fs_base, p.gs_base = regs["fs_base"], regs["gs_base"]
-        c = img.creds
-        if set_creds:
-            p.creds.set = 1
-            for k in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
-                setattr(p.creds, k, c[k])
-            p.creds.ngroups = len(c["groups"])
-            for k in ("cap_eff", "cap_prm", "cap_inh"):
-                getattr(p.creds, k)[0:2] = [c[k] & 0xFFFFFFFF, c[k] >> 32]
-            p.creds.cap_bnd, p.creds.cap_amb = c["cap_bnd"], c["cap_amb"]
-            p.creds.securebits = c["securebits"]
-
-        others = img.threads[1:]
-        code_size, size = planmod.region_size(
-            len(vmas), len(fdmap), len(pending) + sum(len(x.get("pending", [])) for x in others),
-            max(len(x["xsave"]) for x in img.threads), len(mm["auxv"]), len(c["groups"]),
-            len(img.threads))
+        # ---- the plans, in one region every process inherits; children
+        # before their parents, whose child arrays point to their plans
+        sizes = [planmod.region_size(
+            len(pr.vmas), len(pr.fdmap),
+            len(pr.img.pending["signals"]) + sum(len(x.get("pending", []))
+                                                 for x in pr.img.threads),
+            max(len(x["xsave"]) for x in pr.img.threads), len(pr.img.mm["auxv"]),
+            len(pr.img.creds["groups"]), len(pr.img.threads)) for pr in procs]
+        code_size = sizes[0][0]
+        size = sum(sz for _, sz in sizes) + planmod.align_page(
+            (len(procs) + len(loaded.zombies)) * ffi.sizeof("struct umig_child"))
         base = planmod.free_gap(target_spans + _own_maps(), code_size + size)
         region = planmod.Region(base, code_size, size=code_size + size)
-        p.mm.auxv = region.alloc(mm["auxv"], 8)
-        if set_creds and c["groups"]:
-            p.creds.groups = region.alloc(struct.pack(f"<{len(c['groups'])}I",
-                                                      *(g["gid"] for g in c["groups"])), 8)
-        want_pid = _choose_pid(img, opts.pid_mode, opts.warn)
-        plan_addr = planmod.build(
-            region, p,
-            {"fds": ("struct umig_fdmap", fdmap), "vmas": ("struct umig_vma", vmas),
-             "pending": ("struct umig_pending", pending)},
-            th, others, bool(want_pid), img.header["xcr0"])
+        for pr in reversed(procs):
+            img = pr.img
+            p = ffi.new("struct umig_plan *")
+            pending = _fill_plan(pr, p, fds, opts)
+            p.setsid, p.setpgid, p.pgid = sessions[pr.pid]
+            kids = [{"pid": k.pid if keep else 0,
+                     "exit_signal": k.img.process.get("exit_signal") or signal.SIGCHLD,
+                     "zombie": 0, "status": 0, "plan": k.plan_addr, "comm": ""}
+                    for k in procs if k.parent == pr.pid]
+            zombies = [{"pid": z["pid"] if keep else 0,
+                        "exit_signal": z.get("exit_signal") or signal.SIGCHLD,
+                        "zombie": 1, "status": z["exit_status"], "plan": 0,
+                        "comm": z["comm"]}
+                       for z in loaded.zombies if z["ppid"] == pr.pid]
+            p.nchildren = len(kids) + len(zombies)
+            p.drop_sigchld = 1 if zombies else 0
+            p.mm.auxv = region.alloc(img.mm["auxv"], 8)
+            c = img.creds
+            if pr.set_creds and c["groups"]:
+                p.creds.groups = region.alloc(struct.pack(f"<{len(c['groups'])}I",
+                                                          *(g["gid"] for g in c["groups"])), 8)
+            pr.plan_addr = planmod.build(
+                region, p,
+                {"fds": ("struct umig_fdmap", pr.fdmap), "vmas": ("struct umig_vma", pr.vmas),
+                 "pending": ("struct umig_pending", pending),
+                 "children": ("struct umig_child", kids + zombies)},
+                img.thread, img.threads[1:], keep, loaded.header["xcr0"])
 
         # ---- map the region here; the child inherits it
         blob = restorer_blob()
@@ -483,69 +610,76 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         ffi.memmove(ffi.cast("void *", region.data_base), bytes(region.data), len(region.data))
         syscall(NR_mprotect, base, code_size, PROT_READ | PROT_EXEC)
 
+        root = procs[0]
         timings["planned"] = time.perf_counter()
-        pid = lib.umig_spawn(base + lib.UMIG_BLOB_ENTRY_OFF, plan_addr, want_pid)
-        if pid == -17 and want_pid and opts.pid_mode == "auto" and not others:
-            # EEXIST: taken meanwhile
-            want_pid = 0
-            pid = lib.umig_spawn(base + lib.UMIG_BLOB_ENTRY_OFF, plan_addr, 0)
+        want_pid = root.pid if keep else 0
+        pid = lib.umig_spawn(base + lib.UMIG_BLOB_ENTRY_OFF, root.plan_addr, want_pid)
         if pid < 0:
-            if want_pid and opts.pid_mode == "keep":
+            if want_pid:
                 raise EnvironmentProblem(f"cannot keep pid {want_pid}: {os.strerror(-pid)}",
                                          pid=want_pid)
             raise RestoreFailed(f"could not start the process: {os.strerror(-pid)}")
-        child = Child(pid)
+        root.child = Child(pid)
         syscall(NR_munmap, base, region.size)
         region_mapped = 0
         fds.close()
 
         st = tracing.wait(pid)
         if not (st.kind == "signal" and st.value == signal.SIGSTOP):
-            child.alive = st.kind not in ("exited", "killed")
+            root.child.alive = st.kind not in ("exited", "killed")
             raise RestoreFailed(f"the new process {st} before the restorer ran")
         tracing.setoptions(pid, tracing.PTRACE_O_EXITKILL | tracing.PTRACE_O_TRACESYSGOOD
-                           | tracing.PTRACE_O_TRACECLONE)
-        child.memfd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+                           | tracing.PTRACE_O_TRACECLONE | tracing.PTRACE_O_TRACEFORK)
+        root.child.memfd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         # the child's own rseq registration (inherited from this thread) goes first
         rseq, rlen, rsig, _ = tracing.rseq_config(pid)
-        os.pwrite(child.memfd, struct.pack("<QII", rseq, rlen, rsig),
-                  plan_addr + ffi.offsetof("struct umig_plan", "old_rseq"))
+        os.pwrite(root.child.memfd, struct.pack("<QII", rseq, rlen, rsig),
+                  root.plan_addr + ffi.offsetof("struct umig_plan", "old_rseq"))
 
         def check() -> None:
             if opts.interrupted():
                 raise Interrupted("interrupted: nothing was started")
 
-        child.stop(lib.UMIG_STOP_MAPPED, "while mapping memory", plan_addr)
+        # ---- every process to its MAPPED stop (forking its children on the way)
+        _to_mapped(procs, loaded, by_pid)
         timings["mapped"] = time.perf_counter()
-        if vdso_patch is not None:
-            os.pwrite(child.memfd, vdso_patch, img.vdso["vdso_start"])
-        _feed_pages(child, loaded, check)        # ends after the verified trailer
+        for pr in procs:
+            if pr.vdso_patch is not None:
+                os.pwrite(pr.child.memfd, pr.vdso_patch, pr.img.vdso["vdso_start"])
+        _feed_pages({pr.pid: pr.child for pr in procs}, loaded, check)   # verifies the trailer
         timings["filled"] = time.perf_counter()
-        child.stop(lib.UMIG_STOP_READY, "while restoring the task", plan_addr)
-        if len(child.threads) != len(others):
-            raise RestoreFailed(f"the restorer made {len(child.threads)} threads, not "
-                                f"{len(others)}; nothing was started")
-        for tid in child.threads:
-            child.thread_ready(tid, plan_addr)
-            _follow_to_sigreturn(child, tid)
-        _follow_to_sigreturn(child, pid)
-        with Injector(pid, child.memfd, base + lib.UMIG_BLOB_GADGET_OFF) as inj:
-            r = inj.syscall(NR_munmap, base, region.size)
-            if r != 0:
-                raise RestoreFailed(f"could not unmap the restorer from process {pid}: "
-                                    f"{os.strerror(-r)}")
-        os.close(child.memfd)
-        child.memfd = -1
+        for pr in procs:
+            child = pr.child
+            child.stop(lib.UMIG_STOP_READY, "while restoring the task", pr.plan_addr)
+            others = pr.img.threads[1:]
+            if len(child.threads) != len(others):
+                raise RestoreFailed(f"the restorer made {len(child.threads)} threads in "
+                                    f"process {child.pid}, not {len(others)}; nothing was "
+                                    f"started")
+            for tid in child.threads:
+                child.thread_ready(tid, pr.plan_addr)
+                _follow_to_sigreturn(child, tid)
+            _follow_to_sigreturn(child, child.pid)
+        for pr in procs:
+            with Injector(pr.child.pid, pr.child.memfd, base + lib.UMIG_BLOB_GADGET_OFF) as inj:
+                r = inj.syscall(NR_munmap, base, region.size)
+                if r != 0:
+                    raise RestoreFailed(f"could not unmap the restorer from process "
+                                        f"{pr.child.pid}: {os.strerror(-r)}")
+            os.close(pr.child.memfd)
+            pr.child.memfd = -1
         timings["ready"] = time.perf_counter()
         with critical():
             opts.on_running(pid)
-            child.detach()
-            child.alive = False   # it runs: no longer ours to kill on error
+            for pr in reversed(procs):     # children first: the root runs last
+                pr.child.detach()
+                pr.child.alive = False     # it runs: no longer ours to kill on error
         timings["running"] = time.perf_counter()
-        return Resumed(pid, pid == img.process["pid"], vdso_mode, timings)
+        return Resumed(pid, pid == root.pid, vdso_mode, timings)
     except BaseException:
-        if child is not None:
-            child.kill()
+        for pr in reversed(procs):
+            if pr.child is not None:
+                pr.child.kill()
         raise
     finally:
         if region_mapped:
@@ -554,6 +688,49 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
             except OSError:
                 pass
         fds.close()
+
+
+def _to_mapped(procs: list[_Proc], loaded: Loaded, by_pid: dict) -> None:
+    """Run the root, then each child its parent forked, to the MAPPED stop;
+    zombies to their end."""
+    zombies = {z["pid"]: z for z in loaded.zombies}
+    known = {pr.pid for pr in procs} | set(zombies)
+    todo = [procs[0]]
+    made: dict[int, int] = {}              # pid in the image -> pid it got
+    while todo:
+        pr = todo.pop(0)
+        child = pr.child
+        forks = child.stop(lib.UMIG_STOP_MAPPED, "while mapping memory", pr.plan_addr,
+                           processes=True)
+        kids = [k for k in procs if k.parent == pr.pid] + [
+            z for z in loaded.zombies if z["ppid"] == pr.pid]
+        if len(forks) != len(kids):
+            raise RestoreFailed(f"process {child.pid} made {len(forks)} children, not "
+                                f"{len(kids)}; nothing was started")
+        for new, k in zip(forks, kids):
+            if isinstance(k, dict):
+                _make_zombie(child, new, k)
+                continue
+            k.child = Child(new)
+            made[k.pid] = new
+            st = tracing.wait(new)
+            if not (st.kind == "signal" and st.value == signal.SIGSTOP):
+                k.child.alive = st.kind not in ("exited", "killed")
+                raise RestoreFailed(f"process {new} {st} before its restorer ran")
+            k.child.memfd = os.open(f"/proc/{new}/mem", os.O_RDWR | os.O_CLOEXEC)
+            todo.append(k)
+    del known
+
+
+def _make_zombie(parent: Child, pid: int, z: dict) -> None:
+    """Let a zombie-to-be end (passing on the signal it kills itself with);
+    once its tracer (we) has seen the end, its parent can reap it."""
+    while True:
+        st = tracing.wait(pid)
+        if st.kind in ("exited", "killed"):
+            return
+        tracing.cont(pid, st.value if st.kind == "signal" and st.value != signal.SIGSTOP
+                     else 0)
 
 
 def _follow_to_sigreturn(child: Child, tid: int) -> None:

@@ -1,0 +1,181 @@
+"""Process trees (grab --tree): a process and all its descendants frozen,
+written and rebuilt together, with their pids, parent links, groups,
+zombies, the pipes between them and the memory they share."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from conftest import (assert_counting, descendants, read_lines, reap_orphans, run_umig,
+                      start_with_pid, umig_cmd, wait_for, wait_lines)
+from umig.errors import Exit
+
+
+def ps(pid: int) -> dict:
+    """ppid, pgid, state and comm of pid."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    f = text[text.rindex(")") + 2:].split()
+    return {"state": f[0], "ppid": int(f[1]), "pgid": int(f[2]), "comm": comm}
+
+
+def grab_tree(pid: int, img: Path) -> list[int]:
+    """Grab pid --tree; returns the members it had."""
+    members = [pid] + descendants(pid)
+    r = run_umig("grab", "--tree", "-o", str(img), str(pid))
+    assert r.returncode == 0, r.stderr.decode()
+    return members
+
+
+def gone(pids) -> None:
+    """Every member of a grabbed tree is killed (and, reparented to this
+    test as the subreaper, reaped here)."""
+    wait_for(lambda: reap_orphans() or not any(os.path.exists(f"/proc/{p}") for p in pids),
+             10, "the grabbed tree to be gone")
+
+
+def resume_tree(img: Path, procs) -> int:
+    r = run_umig("resume", "--detach", str(img))
+    assert r.returncode == 0, r.stderr.decode()
+    return procs.adopt_tree(int(r.stdout.split()[-1]))
+
+
+def shmem_inodes(pid: int) -> set[int]:
+    """Inodes of the shared anonymous mappings of pid."""
+    out = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        if parts[1].endswith("s") and len(parts) > 5 and (
+                parts[5].startswith("/dev/zero") or parts[5].startswith("/memfd:umig-shm")):
+            out.add(int(parts[4]))
+    return out
+
+
+def test_tree_with_pipes_shared_memory_and_a_zombie_checks_itself(victim, procs, tmp_path):
+    """GIVEN a parent with three children (one already a zombie) and a
+    grandchild, unread data in the pipes between them and a
+    MAP_SHARED|MAP_ANONYMOUS page they all count in
+    WHEN grabbed with --tree and resumed
+    THEN every pid, parent link and the zombie (its name and exit code) are
+    back, the members map one shared object, and after SIGUSR1 every line
+    arrives in order, the shared counter holds every member's additions and
+    the parent reaps its children with their own exit codes: PASS."""
+    out = tmp_path / "out"
+    src = procs.start([victim("tree")], stdout=out.open("w"))
+    wait_lines(out, 1)
+    pid = src.pid
+    before = {p: ps(p) for p in [pid] + descendants(pid)}
+    assert len(before) == 5 and sum(v["state"] == "Z" for v in before.values()) == 1
+    grab_tree(pid, tmp_path / "img")
+    assert src.wait(timeout=5) == -signal.SIGKILL
+    gone(before)
+
+    r = run_umig("info", "--json", str(tmp_path / "img"))
+    names = [rec["name"] for rec in json.loads(r.stdout)["records"]]
+    assert names.count("PROCESS") == 4 and names.count("ZOMBIE") == 1
+
+    rpid = resume_tree(tmp_path / "img", procs)
+    assert rpid == pid
+    after = {p: ps(p) for p in [pid] + descendants(pid)}
+    assert set(after) == set(before)
+    for p, v in before.items():
+        if p != pid:
+            assert (after[p]["ppid"], after[p]["state"] == "Z", after[p]["comm"]) == \
+                (v["ppid"], v["state"] == "Z", v["comm"]), p
+    live = [p for p in after if after[p]["state"] != "Z"]
+    inodes = {p: shmem_inodes(p) for p in live}
+    assert len(set().union(*inodes.values())) == 1 and all(inodes.values()), inodes
+
+    os.kill(rpid, signal.SIGUSR1)
+    result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                   None), 20, "PASS or FAIL")
+    assert result == "PASS", read_lines(out)
+
+
+def test_shell_pipeline_writes_every_line_once(victim, procs, tmp_path):
+    """GIVEN bash -c 'counter | cat | cat > file' (four processes, two pipes
+    with lines in flight)
+    WHEN grabbed with --tree and resumed
+    THEN the file goes on with every number exactly once, in order."""
+    out = tmp_path / "out"
+    counter = victim("counter")
+    src = procs.start(["bash", "-c", f"{counter} 1000 | cat | cat > {out}"])
+    wait_lines(out, 200)
+    assert len(descendants(src.pid)) == 3
+    gone(grab_tree(src.pid, tmp_path / "img"))
+    src.wait(timeout=5)
+    at_grab = len(read_lines(out))
+    resume_tree(tmp_path / "img", procs)
+    wait_lines(out, at_grab + 500, timeout=20)
+    assert_counting(read_lines(out))
+
+
+def test_children_created_while_grabbing_are_not_lost(victim, procs, tmp_path):
+    """GIVEN a process forking a child every half millisecond and reaping
+    each with waitpid some rounds later (a lost child fails the waitpid)
+    WHEN grabbed with --tree while children come and go
+    THEN the resumed process goes on reaping: its round counter grows and
+    it never says FAIL."""
+    out = tmp_path / "out"
+    src = procs.start([victim("forker")], stdout=out.open("w"))
+    wait_lines(out, 3)
+    gone(grab_tree(src.pid, tmp_path / "img"))
+    src.wait(timeout=5)
+    last = int(read_lines(out)[-1])
+    resume_tree(tmp_path / "img", procs)
+    wait_for(lambda: not read_lines(out)[-1].isdigit() or int(read_lines(out)[-1]) > last + 300,
+             15, "rounds after resume")
+    assert all(x.isdigit() for x in read_lines(out)), read_lines(out)[-2:]
+
+
+def test_grab_without_tree_refuses_a_process_with_children(procs, tmp_path):
+    """GIVEN a shell with a child WHEN grabbed without --tree THEN refused,
+    naming the child and pointing to --tree; nothing is written."""
+    src = procs.start(["bash", "-c", "sleep 30; true"])
+    kid = wait_for(lambda: (descendants(src.pid) or [None])[0], what="bash's child")
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == Exit.REFUSED, r.stderr.decode()
+    msg = r.stderr.decode()
+    assert f"process {src.pid} has child processes ({kid} (sleep))" in msg
+    assert f"umig grab --tree {src.pid}" in msg
+    assert not (tmp_path / "img").exists()
+
+
+def test_tree_resume_refuses_when_a_member_pid_is_taken(victim, procs, tmp_path):
+    """GIVEN an image of a tree and one member's pid now used by another
+    process WHEN resumed THEN refused before anything starts, naming it."""
+    out = tmp_path / "out"
+    src = procs.start([victim("tree")], stdout=out.open("w"))
+    wait_lines(out, 1)
+    kid = min(p for p in descendants(src.pid) if ps(p)["state"] != "Z")
+    gone(grab_tree(src.pid, tmp_path / "img"))
+    src.wait(timeout=5)
+    holder = start_with_pid(procs, kid)
+    assert holder is not None, f"could not start a process with pid {kid}"
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == Exit.ENVIRONMENT, r.stderr.decode()
+    assert f"cannot keep pid {kid}: it is taken by process {kid} (sleep)" in r.stderr.decode()
+    assert not os.path.exists(f"/proc/{src.pid}")
+
+
+def test_info_shows_the_tree(victim, procs, tmp_path):
+    """GIVEN an image of a tree WHEN `umig info` shows it THEN a table lists
+    every process with its parent and state."""
+    out = tmp_path / "out"
+    src = procs.start([victim("tree")], stdout=out.open("w"))
+    wait_lines(out, 1)
+    members = grab_tree(src.pid, tmp_path / "img")
+    gone(members)
+    src.wait(timeout=5)
+    r = subprocess.run(umig_cmd("info", str(tmp_path / "img")),
+                       capture_output=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr.decode()
+    text = r.stdout.decode()
+    assert "Process tree" in text
+    for p in members:
+        assert str(p) in text
+    assert "zombie" in text
