@@ -10,6 +10,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import (assert_counting, descendants, read_lines, reap_orphans, run_umig,
                       start_with_pid, umig_cmd, wait_for, wait_lines)
 from umig.errors import Exit
@@ -179,3 +181,42 @@ def test_info_shows_the_tree(victim, procs, tmp_path):
     for p in members:
         assert str(p) in text
     assert "zombie" in text
+
+
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Pss for {pid}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="telling shared pages apart needs the frame "
+                    "numbers of /proc/PID/pagemap, shown only to CAP_SYS_ADMIN")
+def test_copy_on_write_memory_is_written_once_and_stays_shared(victim, procs, tmp_path):
+    """GIVEN a parent with 64 MiB of random bytes and four children sharing
+    them copy-on-write, one of which rewrote its first MiB and one dropped
+    it (reads zeros), while the parent rewrote its last MiB
+    WHEN grabbed with --tree and resumed
+    THEN the image holds the shared pages once (under 80 MiB, not 5 x 64),
+    the resumed members still share them (their Pss adds up to under
+    2 x 64 MiB) and every member's checksum of its memory is what it was."""
+    out = tmp_path / "out"
+    src = procs.start([victim("cowtree"), "64", "4"], stdout=out.open("w"))
+    wait_lines(out, 5, timeout=20)
+    before = dict(line.split() for line in read_lines(out))
+    gone(grab_tree(src.pid, tmp_path / "img"))
+    src.wait(timeout=5)
+    size = (tmp_path / "img").stat().st_size
+    assert size < 80 << 20, f"image of {size >> 20} MiB: shared pages written more than once"
+
+    rpid = resume_tree(tmp_path / "img", procs)
+    members = [rpid] + descendants(rpid)
+    assert sorted(map(str, members)) == sorted(before)
+    total = sum(pss_kib(p) for p in members)
+    assert total < 2 * 64 * 1024, f"Pss {total} KiB: the members no longer share memory"
+    for p in members:
+        os.kill(p, signal.SIGUSR2)
+    again = wait_for(lambda: (lambda d: d if len(d) == 5 else None)(
+        {x.split()[0]: x.split()[1] for x in read_lines(out) if x.endswith("again")}),
+        20, "every member's second checksum")
+    assert again == before

@@ -515,7 +515,7 @@ def _vma_records(t: Target, vmas: list[procfs.Vma]) -> list[dict]:
                "path": v.path if kind == schema.VMA_FILE else
                (v.path if v.path.startswith("[") else ""),
                "dev": os.makedev(v.major, v.minor), "ino": v.inode, "file_size": 0,
-               "mtime_ns": 0, "vmflags": " ".join(sorted(vmflags))}
+               "mtime_ns": 0, "vmflags": " ".join(sorted(vmflags)), "discard": []}
         if kind == schema.VMA_FILE:
             st = _stat_mapped(t.pid, v)
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -819,6 +819,7 @@ class Member:
     smaps: list = field(default_factory=list)
     vmas: list = field(default_factory=list)
     fds: list = field(default_factory=list)
+    cow: dict = field(default_factory=dict)    # inherited VMA start -> ranges to write
 
 
 def _read_member(t: Target, tree: bool) -> Member:
@@ -885,6 +886,61 @@ def _zombie_record(pid: int) -> dict:
     return {"pid": pid, "ppid": int(st[3]), "pgid": int(st[4]), "sid": int(st[5]),
             "exit_status": int(st[51]) if len(st) > 51 else 0, "comm": st[1],
             "exit_signal": int(st[37])}
+
+
+def _can_see_frames() -> bool:
+    """/proc/PID/pagemap shows frame numbers only to CAP_SYS_ADMIN."""
+    caps = int(procfs.parse_status(procfs.read(os.getpid(), "status")).get("CapEff", "0"), 16)
+    return bool(caps >> 21 & 1)
+
+
+COW_KEYS = ("start", "end", "prot", "flags", "kind", "content", "pgoff", "path", "ino")
+
+
+def _inherit(members: list[Member]) -> None:
+    """Mark the private VMAs each member shares copy-on-write with its
+    parent (a member too): resume forks the member from its parent with the
+    parent's memory in place, so only the pages that differ go into the
+    image (m.cow: the ranges to write per VMA) and the pages only the parent
+    has are dropped (VMA.discard).  Needs frame numbers (root)."""
+    if len(members) < 2 or not _can_see_frames():
+        return
+    by_pid = {m.t.pid: m for m in members}
+    cap = 4096
+    vec = ffi.new("struct umig_region[]", cap)
+    walk_end = ffi.new("uint64_t *")
+    for m in members[1:]:
+        parent = by_pid.get(int(m.records[0][1]["ppid"]))
+        if parent is None:
+            continue
+        theirs = {(v["start"], v["end"]): v for v in parent.vmas}
+        for v in m.vmas:
+            pv = theirs.get((v["start"], v["end"]))
+            if (pv is None or v["flags"] & schema.VMA_SHARED
+                    or v["content"] == schema.CONTENT_NONE
+                    or any(pv[k] != v[k] for k in COW_KEYS)):
+                continue
+            write: list[tuple[int, int, int]] = []
+            discard: list[dict] = []
+            start, end = v["start"], v["end"]
+            while start < end:
+                n = lib.umig_cow_diff(m.t.pagemapfd, parent.t.pagemapfd, start, end, vec, cap,
+                                      walk_end)
+                if n < 0:
+                    raise from_oserror(OSError(-n, os.strerror(-n)),
+                                       f"comparing the pages of process {m.t.pid} with its "
+                                       f"parent's", pid=m.t.pid)
+                for i in range(n):
+                    r = vec[i]
+                    npages = (r.end - r.start) // PAGE
+                    if r.categories == lib.UMIG_COW_WRITE:
+                        write.append((r.start, npages, 0))     # zeros too: not fresh memory
+                    else:
+                        discard.append({"start": r.start, "npages": npages})
+                start = walk_end[0] if walk_end[0] > start else end
+            v["flags"] |= schema.VMA_INHERIT
+            v["discard"] = discard
+            m.cow[v["start"]] = write
 
 
 def _shared_once(members: list[Member]) -> None:
@@ -961,7 +1017,9 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             members.append(_read_member(targets[p], tree))
         zombies = [_zombie_record(z) for z in fr.zombies]
         pipes = fdtable.pipe_records([(m.t.pid, m.fds) for m in members])
+        fdtable.share_descriptions([(m.t.pid, m.fds) for m in members])
         _shared_once(members)
+        _inherit(members)
         check()
 
         w = ImageWriter(out_fd)
@@ -976,7 +1034,9 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         for m in members:
             if tree:
                 w.record(schema.OWNER, {"pid": m.t.pid})
-            ranges = _present_ranges(m.t, m.vmas)
+            ranges = _present_ranges(m.t, [v for v in m.vmas
+                                           if not v["flags"] & schema.VMA_INHERIT])
+            ranges = sorted(ranges + [r for rs in m.cow.values() for r in rs])
             unchanged = tracker.unchanged(t.pagemapfd, m.smaps) if tracker else None
             stats.data_pages += _write_pages(m.t, w, ranges, check, cache, unchanged)
         if cache:

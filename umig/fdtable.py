@@ -52,7 +52,7 @@ class FdKind:
         return {"fd": info.fd, "kind": cls.name, "flags": info.flags & ~O_CLOEXEC,
                 "cloexec": 1 if info.flags & O_CLOEXEC else 0, "pos": info.pos,
                 "path": info.target, "mode": st.st_mode, "dev": st.st_dev, "ino": st.st_ino,
-                "rdev": st.st_rdev, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                "rdev": st.st_rdev, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "desc": 0}
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
@@ -200,6 +200,39 @@ class Pipe(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, RegularFile, Directory, SimpleDevice, Terminal, Pipe)}
+
+
+NR_kcmp, KCMP_FILE = 312, 0
+
+
+def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
+    """Give FD records that are one open file description (dup'ed, or
+    inherited across fork) the same `desc`, found with kcmp(KCMP_FILE)
+    among fds of the same file.  Pipes and stdio are shared by how resume
+    makes them; this is for files, directories and devices."""
+    from .native import syscall
+    groups: dict[tuple[int, int], list[tuple[int, dict]]] = {}
+    for pid, fds in members:
+        for rec in fds:
+            rec.setdefault("desc", 0)
+            if rec["kind"] in (RegularFile.name, Directory.name, SimpleDevice.name):
+                groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
+    next_id = 1
+    for group in groups.values():
+        for i, (pid, rec) in enumerate(group):
+            if rec["desc"] or len(group) < 2:
+                continue
+            for opid, other in group[i + 1:]:
+                if other["desc"]:
+                    continue
+                try:
+                    same = syscall(NR_kcmp, pid, opid, KCMP_FILE, rec["fd"], other["fd"]) == 0
+                except OSError:
+                    same = False
+                if same:
+                    rec["desc"] = other["desc"] = next_id
+            if rec["desc"]:
+                next_id += 1
 
 
 def pipe_records(members: list[tuple[int, list[dict]]]) -> list[dict]:
@@ -377,6 +410,7 @@ class ResumeFds:
         self.opened: list[int] = []
         self.pipes = pipes or {}                 # PIPE records by ino
         self._pipe_ends: dict[int, tuple[int, int]] = {}
+        self._descs: dict[int, int] = {}          # desc -> our fd
 
     def pipe_ends(self, ino: int, fd: int) -> tuple[int, int]:
         """(read, write) of the new pipe standing for pipe:[ino], made on
@@ -428,11 +462,19 @@ class ResumeFds:
                                  fd=fd, hint="run umig resume in a terminal")
 
     def recreate(self, rec: dict) -> int:
+        """An fd standing for rec; records of one open file description
+        (same `desc`) get the same one."""
         kind = KINDS.get(rec["kind"])
         if kind is None:
             raise EnvironmentProblem(f"fd {rec['fd']} is of kind {rec['kind']!r}, which this "
                                      f"umig cannot recreate", fd=rec["fd"])
-        return self.keep(kind.recreate(rec, self))
+        desc = rec.get("desc", 0)
+        if desc and desc in self._descs:
+            return self._descs[desc]
+        fd = self.keep(kind.recreate(rec, self))
+        if desc:
+            self._descs[desc] = fd
+        return fd
 
     def close(self) -> None:
         for fd in self.opened:

@@ -12,8 +12,8 @@ from pathlib import Path
 from . import __version__
 from .errors import UmigError
 
-NATIVE_ABI = 2
-PLAN_ABI = 6
+NATIVE_ABI = 3
+PLAN_ABI = 7
 PAGE = 4096
 
 try:

@@ -12,7 +12,7 @@
  * Bump UMIG_PLAN_ABI on any change of layout or meaning.
  */
 
-#define UMIG_PLAN_ABI 6
+#define UMIG_PLAN_ABI 7
 #define UMIG_PLAN_MAGIC 0x4e414c5047494d55
 
 /* Fixed offsets inside restorer.bin (see the head of restorer.c). */
@@ -24,6 +24,7 @@
 #define UMIG_STOP_MAPPED 1     /* address space mapped: fill pages now */
 #define UMIG_STOP_READY 2      /* all set: next syscall is rt_sigreturn */
 #define UMIG_STOP_FAIL 3       /* failed: rdi = step, rsi = -errno */
+#define UMIG_STOP_FORKED 4     /* the children are forked (after MAPPED) */
 
 /* Restorer steps, reported on failure (and as the exit code, 100 + step,
  * should the restorer ever run untraced). */
@@ -68,7 +69,13 @@ struct umig_vma {
     uint32_t prot;           /* final protection */
     uint32_t init_prot;      /* protection while pages are written */
     uint32_t madv;           /* UMIG_MADV_* */
-    uint32_t pad;
+    uint32_t inherit;        /* 1: the parent's, kept as forked (copy-on-write) */
+};
+
+/* Pages a child drops from an inherited VMA: what only its parent had. */
+struct umig_discard {
+    uint64_t start;
+    uint64_t len;
 };
 
 struct umig_fdmap {
@@ -122,9 +129,9 @@ struct umig_thread {
 };
 
 /* A child process (grab --tree): forked by its parent's restorer with
- * clone3 (set_tid when pid != 0) before the parent changes anything; it
- * runs the restorer with its own plan, or, a zombie, exits at once with
- * the wait status it had. */
+ * clone3 (set_tid when pid != 0) once the parent's memory is filled, so
+ * it inherits what they share copy-on-write; it runs the restorer with
+ * its own plan, or, a zombie, exits at once with the wait status it had. */
 struct umig_child {
     int32_t pid;             /* keep this pid; 0: any */
     int32_t exit_signal;     /* what its parent gets when it ends (SIGCHLD) */
@@ -235,7 +242,8 @@ struct umig_plan {
     uint32_t setsid;         /* 1: setsid() (a session leader that is not the root) */
     int32_t pgid;            /* with setpgid: join this group (0: its own) */
     uint32_t drop_sigchld;   /* 1: discard the SIGCHLD its zombie children sent */
-    uint32_t pad2;
+    uint32_t ndiscards;
+    uint64_t discards;       /* struct umig_discard[ndiscards] */
 
     /* progress, written by the restorer */
     uint32_t step;

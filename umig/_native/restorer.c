@@ -67,6 +67,7 @@ __asm__(
 #define ARCH_SET_FS 0x1002
 #define ARCH_MAP_VDSO_64 0x2003
 #define RSEQ_FLAG_UNREGISTER 1
+#define MADV_DONTNEED 4
 #define MADV_MERGEABLE 12
 #define MADV_HUGEPAGE 14
 #define MADV_NOHUGEPAGE 15
@@ -149,10 +150,39 @@ static void restore_fds(struct umig_plan *p)
     CHECK(UMIG_STEP_FDS, sys3(NR_close_range, p->aux_hi + 1, ~0U, 0));
 }
 
+/* Unmap everything but the region and the VMAs inherited from the parent. */
+static void unmap_all(struct umig_plan *p)
+{
+    struct umig_vma *v = (struct umig_vma *)p->vmas;
+    uint64_t from = 0;
+    int region_done = 0;
+    for (uint32_t i = 0; i <= p->nvmas; i++) {
+        uint64_t start, end;
+        if (i < p->nvmas && !v[i].inherit)
+            continue;
+        if (!region_done && (i == p->nvmas || p->blob_start < v[i].start)) {
+            start = p->blob_start, end = p->blob_end;
+            region_done = 1;
+            i--;                   /* this VMA (if any) again, after the region */
+        } else if (i < p->nvmas) {
+            start = v[i].start, end = v[i].end;
+        } else {
+            break;
+        }
+        if (start > from)
+            CHECK(UMIG_STEP_UNMAP, sys2(NR_munmap, from, start - from));
+        from = end;
+    }
+    if (p->task_size > from)
+        CHECK(UMIG_STEP_UNMAP, sys2(NR_munmap, from, p->task_size - from));
+}
+
 static void map_vmas(struct umig_plan *p)
 {
     struct umig_vma *v = (struct umig_vma *)p->vmas;
     for (uint32_t i = 0; i < p->nvmas; i++) {
+        if (v[i].inherit)
+            continue;
         long flags = v[i].map_flags | MAP_FIXED_NOREPLACE;
         if (v[i].fd < 0)
             flags |= MAP_ANONYMOUS;
@@ -404,22 +434,26 @@ void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
         CHECK(UMIG_STEP_RSEQ_DROP, sys4(NR_rseq, p->old_rseq, p->old_rseq_len,
                                         RSEQ_FLAG_UNREGISTER, p->old_rseq_sig));
     enter_session(p);
-    fork_children(p);
     restore_fds(p);
     if (p->cwd_fd >= 0)
         CHECK(UMIG_STEP_CWD, sys1(NR_fchdir, p->cwd_fd));
 
     p->step = UMIG_STEP_UNMAP;
-    if (p->blob_start)
-        CHECK(UMIG_STEP_UNMAP, sys2(NR_munmap, 0, p->blob_start));
-    CHECK(UMIG_STEP_UNMAP, sys2(NR_munmap, p->blob_end, p->task_size - p->blob_end));
+    unmap_all(p);
 
     p->step = UMIG_STEP_MAP;
     map_vmas(p);
+    struct umig_discard *d = (struct umig_discard *)p->discards;
+    for (uint32_t i = 0; i < p->ndiscards; i++)
+        CHECK(UMIG_STEP_MADVISE, sys3(NR_madvise, d[i].start, d[i].len, MADV_DONTNEED));
     if (p->vdso_addr)
         CHECK(UMIG_STEP_VDSO, sys2(NR_arch_prctl, ARCH_MAP_VDSO_64, p->vdso_addr));
 
     stop(UMIG_STOP_MAPPED, 0, 0);          /* the tracer writes the pages */
+    if (p->nchildren) {
+        fork_children(p);                  /* they inherit the memory as it is now */
+        stop(UMIG_STOP_FORKED, 0, 0);
+    }
 
     p->step = UMIG_STEP_PROTECT;
     protect_vmas(p);

@@ -300,6 +300,7 @@ int64_t umig_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t anyof_m
 #define PM_PRESENT (1ULL << 63)
 #define PM_SWAPPED (1ULL << 62)
 #define PM_FILE (1ULL << 61)
+#define PM_PFN_MASK ((1ULL << 55) - 1)
 #define CAT_FILE 4
 #define CAT_PRESENT 8
 #define CAT_SWAPPED 16
@@ -329,6 +330,72 @@ int64_t umig_scan_pagemap(int pagemap_fd, uint64_t start, uint64_t end,
             if (e & PM_FILE)
                 cat |= CAT_FILE;
             if (!(cat & (CAT_PRESENT | CAT_SWAPPED)))
+                continue;
+            if (n && out[n - 1].end == addr && out[n - 1].categories == cat) {
+                out[n - 1].end += PAGE;
+                continue;
+            }
+            if (n == max) {
+                *walk_end = addr;
+                return n;
+            }
+            out[n].start = addr;
+            out[n].end = addr + PAGE;
+            out[n].categories = cat;
+            n++;
+        }
+    }
+    *walk_end = end;
+    return n;
+}
+
+/* A page's identity for copy-on-write sharing: its frame when present,
+ * its swap entry when swapped, 0 when neither or when the frame number is
+ * hidden (no CAP_SYS_ADMIN: the kernel reports PFN 0). */
+static uint64_t cow_ident(uint64_t e)
+{
+    if (!(e & (PM_PRESENT | PM_SWAPPED)) || (e & PM_FILE))
+        return 0;
+    return (e & PM_PFN_MASK) | (e & PM_SWAPPED);
+}
+
+static int cow_private(uint64_t e)
+{
+    return (e & (PM_PRESENT | PM_SWAPPED)) && !(e & PM_FILE);
+}
+
+/* Compare a child's private pages with its parent's over [start, end), a
+ * range both map alike (the child inherits it when it is forked in the
+ * restorer).  Out: UMIG_COW_WRITE regions hold pages of the child's own
+ * (write them), UMIG_COW_DISCARD regions pages only the parent has
+ * privately (drop them in the child: it gets zeros or the file's page).
+ * Pages both share (same frame or swap entry) are in neither.  Resumable
+ * like umig_scan_pagemap. */
+int64_t umig_cow_diff(int child_pm, int parent_pm, uint64_t start, uint64_t end,
+                      struct umig_region *out, uint64_t max, uint64_t *walk_end)
+{
+    uint64_t c[512], p[512];
+    uint64_t n = 0, addr = start;
+    while (addr < end) {
+        uint64_t pages = (end - addr) / PAGE;
+        if (pages > 512)
+            pages = 512;
+        ssize_t rc = pread(child_pm, c, pages * 8, (off_t)(addr / PAGE * 8));
+        ssize_t rp = pread(parent_pm, p, pages * 8, (off_t)(addr / PAGE * 8));
+        if (rc < 0 || rp < 0)
+            return -errno;
+        if (rc == 0)
+            break;
+        for (uint64_t k = 0; k < (uint64_t)rc / 8; k++, addr += PAGE) {
+            uint64_t pe = k < (uint64_t)rp / 8 ? p[k] : 0, cat = 0;
+            if (cow_private(c[k])) {
+                uint64_t id = cow_ident(c[k]);
+                if (!id || id != cow_ident(pe))
+                    cat = UMIG_COW_WRITE;
+            } else if (cow_private(pe)) {
+                cat = UMIG_COW_DISCARD;
+            }
+            if (!cat)
                 continue;
             if (n && out[n - 1].end == addr && out[n - 1].categories == cat) {
                 out[n - 1].end += PAGE;

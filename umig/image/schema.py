@@ -203,8 +203,11 @@ MM = Record(5, "MM", (
 VMA_ANON, VMA_FILE, VMA_HEAP, VMA_STACK, VMA_SHMEM, VMA_VDSO, VMA_VVAR, VMA_VVAR_VCLOCK = range(8)
 VMA_KIND_NAMES = ["anon", "file", "heap", "stack", "shmem", "vdso", "vvar", "vvar_vclock"]
 # VMA flags.  SHM_SEEN: shared memory whose pages an earlier VMA of the
-# image (same ino, pgoff and size) carries already
-VMA_SHARED, VMA_GROWSDOWN, VMA_NORESERVE, VMA_SHM_SEEN = 1, 2, 4, 8
+# image (same ino, pgoff and size) carries already.  INHERIT: a private VMA
+# of a tree member that its parent has alike: the member gets it by fork,
+# sharing pages copy-on-write; its PAGES carry only the pages it does not
+# share (zeros included), and `discard` lists the pages only the parent has
+VMA_SHARED, VMA_GROWSDOWN, VMA_NORESERVE, VMA_SHM_SEEN, VMA_INHERIT = 1, 2, 4, 8, 16
 # how the pages of a VMA reach the image
 CONTENT_NONE, CONTENT_PAGES, CONTENT_FILE = 0, 1, 2
 
@@ -223,6 +226,7 @@ VMA = Record(6, "VMA", (
     F("file_size", "u64", "size"),
     F("mtime_ns", "u64", "time"),
     F("vmflags", "str", "hidden"),
+    F("discard", "array", items=(F("start", "u64"), F("npages", "u32"))),
 ), "One memory mapping.  Pages of content=PAGES come in PAGES records; "
    "content=FILE maps the file (checked by size and mtime).")
 
@@ -282,7 +286,11 @@ FD = Record(12, "FD", (
     F("rdev", "u64", "hidden"),
     F("size", "u64", "size"),
     F("mtime_ns", "u64", "time"),
-), "One file descriptor; `kind` names the fdtable class that re-creates it.")
+    F("desc", "u32"),
+), "One file descriptor; `kind` names the fdtable class that re-creates it.  "
+   "FD records with the same non-zero `desc` (in one process or several) are one "
+   "open file description (dup, fork): recreated once, so they share offset and "
+   "flags.")
 
 PIPE = Record(16, "PIPE", (
     F("ino", "u64"),

@@ -88,7 +88,8 @@ def _vma_plan(img, map_fds: dict, shm: dict[int, int]) -> list[dict]:
             fd, pgoff, init = shm[v["ino"]], v["pgoff"], PROT_READ | PROT_WRITE
         out.append({"start": v["start"], "end": v["end"], "pgoff": pgoff, "fd": fd,
                     "map_flags": flags, "prot": v["prot"], "init_prot": init,
-                    "madv": v["madv"], "pad": 0})
+                    "madv": v["madv"],
+                    "inherit": 1 if v["flags"] & schema.VMA_INHERIT else 0})
     return out
 
 
@@ -306,7 +307,7 @@ def _place(child: Child, frame, round_: int, flags: int, raw_len: int, runs, dat
                             f"{os.strerror(-r)}")
 
 
-def _feed_pages(children: dict[int, Child], loaded: Loaded, check) -> int:
+def _feed_pages(driver: "_Driver", loaded: Loaded, check) -> int:
     """Write every PAGES record into its process: this thread reads and
     checksums the stream, a second one decompresses and writes (one record
     behind).  The reader verifies the trailer when the pages end, and here
@@ -315,8 +316,15 @@ def _feed_pages(children: dict[int, Child], loaded: Loaded, check) -> int:
     pending: list = []
     with ThreadPoolExecutor(1, thread_name_prefix="umig-place") as pool:
         try:
+            current = None
             for owner, frame in loaded.page_frames():
-                child = children[owner]
+                if owner != current:
+                    # a process is continued (to fork) only once all its pages are in
+                    for f in pending:
+                        f.result()
+                    pending.clear()
+                    child = driver.pages_of(owner)
+                    current = owner
                 round_, flags, raw_len, runs, data = decode_pages(frame)
                 if pending:
                     pending.pop().result()
@@ -432,7 +440,7 @@ def _open_fds(pr: _Proc, fds: ResumeFds, shm: dict, opts: ResumeOptions) -> None
         pr.vmas.append({"start": img.vdso["vdso_start"],
                         "end": img.vdso["vdso_start"] + img.vdso["vdso_size"], "pgoff": 0,
                         "fd": -1, "map_flags": MAP_PRIVATE, "prot": PROT_READ | PROT_EXEC,
-                        "init_prot": PROT_READ | PROT_WRITE, "madv": 0, "pad": 0})
+                        "init_prot": PROT_READ | PROT_WRITE, "madv": 0, "inherit": 0})
         pr.vmas.sort(key=lambda v: v["start"])
 
 
@@ -446,6 +454,7 @@ def _fill_plan(pr: _Proc, p, fds: ResumeFds, opts: ResumeOptions) -> list[dict]:
     p.aux_lo = fds.base
     p.aux_hi = max(fds.opened)
     p.nvmas = len(pr.vmas)
+    p.ndiscards = len(_discards(img))
     p.set_mm = 1
     p.vdso_addr = pr.vdso_addr
     mm = img.mm
@@ -493,6 +502,13 @@ def _fill_plan(pr: _Proc, p, fds: ResumeFds, opts: ResumeOptions) -> list[dict]:
         p.creds.cap_bnd, p.creds.cap_amb = c["cap_bnd"], c["cap_amb"]
         p.creds.securebits = c["securebits"]
     return pending
+
+
+def _discards(img) -> list[dict]:
+    """The pages a member drops from the VMAs it inherits (only its parent
+    had them)."""
+    return [{"start": d["start"], "len": d["npages"] * PAGE}
+            for v in img.vmas if v["flags"] & schema.VMA_INHERIT for d in v.get("discard", [])]
 
 
 def _sessions(procs: list[_Proc], warn) -> dict[int, tuple[int, int, int]]:
@@ -596,7 +612,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                 region, p,
                 {"fds": ("struct umig_fdmap", pr.fdmap), "vmas": ("struct umig_vma", pr.vmas),
                  "pending": ("struct umig_pending", pending),
-                 "children": ("struct umig_child", kids + zombies)},
+                 "children": ("struct umig_child", kids + zombies),
+                 "discards": ("struct umig_discard", _discards(img))},
                 img.thread, img.threads[1:], keep, loaded.header["xcr0"])
 
         # ---- map the region here; the child inherits it
@@ -640,13 +657,13 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
             if opts.interrupted():
                 raise Interrupted("interrupted: nothing was started")
 
-        # ---- every process to its MAPPED stop (forking its children on the way)
-        _to_mapped(procs, loaded, by_pid)
+        # ---- each process mapped and filled, then forking its children (who
+        # inherit its memory), in the order the image holds their pages
+        driver = _Driver(procs, loaded)
+        driver.mapped(root)
         timings["mapped"] = time.perf_counter()
-        for pr in procs:
-            if pr.vdso_patch is not None:
-                os.pwrite(pr.child.memfd, pr.vdso_patch, pr.img.vdso["vdso_start"])
-        _feed_pages({pr.pid: pr.child for pr in procs}, loaded, check)   # verifies the trailer
+        _feed_pages(driver, loaded, check)        # verifies the trailer
+        driver.finish()
         timings["filled"] = time.perf_counter()
         for pr in procs:
             child = pr.child
@@ -690,20 +707,40 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         fds.close()
 
 
-def _to_mapped(procs: list[_Proc], loaded: Loaded, by_pid: dict) -> None:
-    """Run the root, then each child its parent forked, to the MAPPED stop;
-    zombies to their end."""
-    zombies = {z["pid"]: z for z in loaded.zombies}
-    known = {pr.pid for pr in procs} | set(zombies)
-    todo = [procs[0]]
-    made: dict[int, int] = {}              # pid in the image -> pid it got
-    while todo:
-        pr = todo.pop(0)
+class _Driver:
+    """Brings each process through the restorer's first stops, in tree
+    order: MAPPED (its memory mapped: the tracer writes its pages), then,
+    if it has children, FORKED (the children, forked from its filled
+    memory, wait at their first stop; zombies have ended)."""
+
+    def __init__(self, procs: list[_Proc], loaded: Loaded):
+        self.procs = procs
+        self.by_pid = {pr.pid: pr for pr in procs}
+        self.loaded = loaded
+        self.state = {pr.pid: "new" for pr in procs}
+
+    def mapped(self, pr: _Proc) -> None:
+        if self.state[pr.pid] != "new":
+            return
+        if pr.parent:
+            self.forked(self.by_pid[pr.parent])
+        pr.child.stop(lib.UMIG_STOP_MAPPED, "while mapping memory", pr.plan_addr)
+        if pr.vdso_patch is not None:
+            os.pwrite(pr.child.memfd, pr.vdso_patch, pr.img.vdso["vdso_start"])
+        self.state[pr.pid] = "mapped"
+
+    def forked(self, pr: _Proc) -> None:
+        self.mapped(pr)
+        if self.state[pr.pid] != "mapped":
+            return
+        self.state[pr.pid] = "forked"
+        kids = [k for k in self.procs if k.parent == pr.pid] + [
+            z for z in self.loaded.zombies if z["ppid"] == pr.pid]
+        if not kids:
+            return
         child = pr.child
-        forks = child.stop(lib.UMIG_STOP_MAPPED, "while mapping memory", pr.plan_addr,
+        forks = child.stop(lib.UMIG_STOP_FORKED, "while forking its children", pr.plan_addr,
                            processes=True)
-        kids = [k for k in procs if k.parent == pr.pid] + [
-            z for z in loaded.zombies if z["ppid"] == pr.pid]
         if len(forks) != len(kids):
             raise RestoreFailed(f"process {child.pid} made {len(forks)} children, not "
                                 f"{len(kids)}; nothing was started")
@@ -712,14 +749,24 @@ def _to_mapped(procs: list[_Proc], loaded: Loaded, by_pid: dict) -> None:
                 _make_zombie(child, new, k)
                 continue
             k.child = Child(new)
-            made[k.pid] = new
             st = tracing.wait(new)
             if not (st.kind == "signal" and st.value == signal.SIGSTOP):
                 k.child.alive = st.kind not in ("exited", "killed")
                 raise RestoreFailed(f"process {new} {st} before its restorer ran")
             k.child.memfd = os.open(f"/proc/{new}/mem", os.O_RDWR | os.O_CLOEXEC)
-            todo.append(k)
-    del known
+
+    def pages_of(self, pid: int) -> Child:
+        """The child whose pages come next: mapped and waiting for them."""
+        pr = self.by_pid[pid]
+        self.mapped(pr)
+        if self.state[pid] != "mapped":
+            raise BadImage(f"the image's pages of process {pid} come after those of its "
+                           f"children")
+        return pr.child
+
+    def finish(self) -> None:
+        for pr in self.procs:
+            self.forked(pr)
 
 
 def _make_zombie(parent: Child, pid: int, z: dict) -> None:
