@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 import pytest
 
 from conftest import read_lines, run_umig, start_with_pid, wait_for, wait_lines
@@ -186,3 +187,31 @@ def test_resume_refuses_when_a_thread_id_is_taken(victim, procs, tmp_path):
     assert f"cannot keep thread id {tid}: it is taken by process {tid} (sleep)" \
         in r.stderr.decode()
     assert not os.path.exists(f"/proc/{pid}")
+
+
+DROPPED = """
+import ctypes, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+def worker():
+    libc.syscall(117, 65534, 65534, 65534)      # setresuid in this thread only
+    print("ready", flush=True)
+    time.sleep(100)
+threading.Thread(target=worker, daemon=True).start()
+time.sleep(100)
+"""
+
+
+def test_thread_with_its_own_credentials_is_refused_and_left_running(procs, tmp_path):
+    """GIVEN python3 as root with a thread that dropped to uid 65534 with a
+    raw setresuid (credentials are per thread)
+    WHEN grabbed THEN refused naming the thread and what differs (resume
+    would give it the leader's root), and the process runs on untraced."""
+    p = procs.start([sys.executable, "-c", DROPPED], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    tid = max(tids_of(p.pid))
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
+    assert r.returncode == Exit.REFUSED, r.stderr.decode()
+    assert f"thread {tid} of process {p.pid} has its own Uid (65534" in r.stderr.decode()
+    assert not (tmp_path / "img").exists()
+    status = Path(f"/proc/{p.pid}/status").read_text()
+    assert "TracerPid:\t0" in status and "State:\tS" in status

@@ -89,6 +89,10 @@ def _refuse_early(pid: int, tree: bool = False) -> Target:
     state = t.stat[2]
     if int(t.stat[8]) & PF_KTHREAD:
         raise Refused(f"process {pid} ({t.stat[1]}) is a kernel thread", pid=pid)
+    if state in ("Z", "X") and int(t.status.get("Threads", "1")) > 1:
+        raise Refused(f"process {pid} ({t.stat[1]}): its main thread has exited "
+                      f"(pthread_exit) while other threads run; umig cannot move such a "
+                      f"process yet", pid=pid)
     if state in ("Z", "X"):
         raise Refused(f"process {pid} ({t.stat[1]}) is a zombie: it has exited and "
                       f"waits for its parent to reap it", pid=pid)
@@ -206,7 +210,8 @@ def _tracer(tid: int) -> int:
 
 
 SEIZE_ROUNDS = 20
-EINTR = 4
+FREEZE_TIMEOUT = 10.0
+EINTR, ERESTARTNOHAND = 4, 514
 # Calls that fail with EINTR, not a restart code, when their thread is
 # merely stopped (signal(7): "interruption of system calls by stop
 # signals"); umig's own freeze would break them.  x86_64 numbers:
@@ -288,9 +293,7 @@ class Freezer:
                                 pass    # exiting meanwhile: a zombie of the tree, or gone
                             elif e.errno != 3:     # ESRCH: it exited meanwhile
                                 raise
-                while waiting := [t for t in self.tids if t not in self._stopped]:
-                    for tid in waiting:
-                        self._wait_stopped(tid)
+                self._wait_all_stopped()
                 if set(self._tasks()) == set(self.tids):
                     break
             else:
@@ -306,33 +309,58 @@ class Freezer:
         self.tids.append(tid)
         tracing.interrupt(tid)
 
-    def _wait_stopped(self, tid: int) -> None:
-        """Wait until tid sits in its interrupt stop (or has exited)."""
+    def _wait_all_stopped(self, timeout: float = FREEZE_TIMEOUT) -> None:
+        """Wait until every seized task sits in its interrupt stop (or has
+        exited).  All of them are polled, leaders last: a leader's exit is
+        reported only once its other threads were reaped, so blocking on one
+        task could wait forever."""
+        deadline = time.monotonic() + timeout
+        leaders = set(self.members)
+        while waiting := [t for t in self.tids if t not in self._stopped]:
+            waiting.sort(key=lambda t: t in leaders)
+            moved = False
+            for tid in waiting:
+                st = tracing.wait(tid, nohang=True)
+                if st is not None:
+                    moved = True
+                    self._stopped_how(tid, st)
+            if moved:
+                continue
+            if time.monotonic() > deadline:
+                who = ", ".join(f"{t} ({_state(t)})" for t in waiting[:5])
+                raise Refused(f"process {self.pid}: {len(waiting)} of its tasks did not stop "
+                              f"within {timeout:.0f} s ({who}); a task in vfork or in "
+                              f"uninterruptible sleep cannot stop", pid=self.pid,
+                              hint="try again")
+            time.sleep(0.0002)
+
+    def _stopped_how(self, tid: int, st: "tracing.Stop") -> None:
+        """One wait status of a task being frozen."""
         pid = self.pid
-        while tid not in self._stopped:
-            st = tracing.wait(tid)
-            if st.kind == "event-stop":
-                self._stopped.add(tid)
-                self._undo_stop_eintr(tid)
-            elif st.kind in ("exited", "killed"):
-                self.tids.remove(tid)
-                if tid == pid:
-                    self.tids = []
-                    raise NoProcess(f"process {pid} {st} while umig froze it", pid=pid)
-                return
-            elif st.kind == "event" and st.value in (tracing.PTRACE_EVENT_CLONE,
-                                                     tracing.PTRACE_EVENT_FORK,
-                                                     tracing.PTRACE_EVENT_VFORK):
-                # a thread (or, --tree, a process) made while seizing: it is
-                # traced already (its first stop is an event stop)
-                new = tracing.eventmsg(tid)
-                if new not in self.tids:
-                    self.tids.append(new)
-                tracing.cont(tid)
-            else:
-                # a signal arrived first: let it through, the interrupt is
-                # still pending
-                tracing.cont(tid, st.value if st.kind == "signal" else 0)
+        if st.kind == "event-stop":
+            self._stopped.add(tid)
+            self._undo_stop_eintr(tid)
+        elif st.kind in ("exited", "killed"):
+            self.tids.remove(tid)
+            if tid == pid:
+                self.tids = []
+                raise NoProcess(f"process {pid} {st} while umig froze it", pid=pid)
+        elif st.kind == "event" and st.value in (tracing.PTRACE_EVENT_CLONE,
+                                                 tracing.PTRACE_EVENT_FORK,
+                                                 tracing.PTRACE_EVENT_VFORK):
+            # a thread (or, --tree, a process) made while seizing: it is traced
+            # already (its first stop is an event stop)
+            new = tracing.eventmsg(tid)
+            if new not in self.tids:
+                self.tids.append(new)
+            # any stop uses up a pending PTRACE_INTERRUPT: ask again
+            tracing.interrupt(tid)
+            tracing.cont(tid)
+        else:
+            # a signal arrived first: let it through and interrupt again (this
+            # stop used up the pending interrupt)
+            tracing.interrupt(tid)
+            tracing.cont(tid, st.value if st.kind == "signal" else 0)
 
     def _undo_stop_eintr(self, tid: int) -> None:
         """A call that our stop made fail with EINTR is set to run again,
@@ -343,15 +371,24 @@ class Freezer:
         if regs.orig_rax not in EINTR_ON_STOP or regs.rax != (1 << 64) - EINTR:
             return
         try:
-            if os.pread(self.t.memfd, 2, regs.rip - 2) != b"\x0f\x05":
-                return
-        except OSError:
+            with open(f"/proc/{tid}/mem", "rb", buffering=0) as mem:
+                mem.seek(regs.rip - 2)
+                if mem.read(2) != b"\x0f\x05":
+                    return
+        except (OSError, OverflowError):
             return
-        regs.rax = regs.orig_rax
-        regs.rip -= 2
+        # the kernel then restarts the call if no handler runs, and fails it
+        # with EINTR if one does, as it would have without our stop
+        regs.rax = (1 << 64) - ERESTARTNOHAND
         tracing.setregs(tid, regs)
 
     def thaw(self) -> None:
+        """Let every task go.  PTRACE_DETACH works only on a stopped tracee:
+        tasks seized but not stopped yet are waited for first (briefly)."""
+        try:
+            self._wait_all_stopped(timeout=2.0)
+        except (UmigError, OSError):
+            pass
         for tid in self.tids:
             try:
                 tracing.detach(tid)
@@ -360,12 +397,26 @@ class Freezer:
         self.attached = False
 
     def leave_stopped(self) -> None:
+        """Detach with every process stopped (SIGSTOP): the leaders first,
+        and the other threads only once their group stop is in effect, so
+        no thread runs after the image."""
         leaders = set(self.members)
-        for tid in self.tids:
+        for p in self.members:
             try:
-                tracing.detach(tid, signal.SIGSTOP if tid in leaders else 0)
+                os.kill(p, signal.SIGSTOP)       # pending: taken when it resumes
+                tracing.detach(p, signal.SIGSTOP)
             except OSError:
                 pass
+        for p in self.members:
+            wait_stopped = time.monotonic() + 2.0
+            while time.monotonic() < wait_stopped and _state(p) not in ("T", "t", "Z", "X"):
+                time.sleep(0.001)
+        for tid in self.tids:
+            if tid not in leaders:
+                try:
+                    tracing.detach(tid)
+                except OSError:
+                    pass
         self.attached = False
 
     def kill(self) -> None:
@@ -844,10 +895,17 @@ def _read_member(t: Target, tree: bool) -> Member:
         task = _read_process(t, inj)
     threads = []
     for tid in _tids(pid):
+        if tid != pid:
+            _same_creds_as_leader(pid, tid, status)
         with Injector(tid, t.memfd, gadget) as inj:
             threads.append(_read_thread(pid, tid, inj))
     creds = _creds(status)
     creds["securebits"] = task["securebits"]
+    # the leader's own queue stays in PENDING (shared=0), where readers from
+    # before THREAD.pending look for it
+    task["pending"] += [{"shared": 0, "sig": x["sig"], "info": x["info"]}
+                        for x in threads[0]["pending"]]
+    threads[0]["pending"] = []
     recs: list = [
         (schema.PROCESS, {
             "pid": pid, "ppid": int(st[3]), "pgid": int(st[4]), "sid": int(st[5]),
@@ -879,6 +937,28 @@ def _read_member(t: Target, tree: bool) -> Member:
              (schema.ITIMERS, {"timers": task["itimers"]})]
     recs += [(schema.FD, f) for f in fds]
     return Member(t, recs, [], smaps, vmas, fds)
+
+
+# what each thread holds for itself but umig restores once per process
+PER_THREAD_SAME = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
+                   "NoNewPrivs", "Seccomp")
+
+
+def _same_creds_as_leader(pid: int, tid: int, leader: dict) -> None:
+    """Credentials, no_new_privs and seccomp are per thread; umig restores
+    the leader's in every thread, so a thread that differs (dropped
+    privileges, its own sandbox) is refused rather than given the
+    leader's."""
+    st = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
+    if st.get("Seccomp", "0") != "0":
+        raise Refused(f"thread {tid} of process {pid} runs under seccomp (mode "
+                      f"{st['Seccomp']}), which umig cannot restore yet", pid=pid)
+    for key in PER_THREAD_SAME:
+        if st.get(key) != leader.get(key):
+            raise Refused(f"thread {tid} of process {pid} has its own {key} ({st.get(key)}, "
+                          f"the process has {leader.get(key)}); umig restores one set of "
+                          f"credentials per process and will not give the thread the "
+                          f"leader's", pid=pid)
 
 
 def _zombie_record(pid: int) -> dict:

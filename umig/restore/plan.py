@@ -72,15 +72,37 @@ def free_gap(occupied: list[tuple[int, int]], size: int, near: int | None = None
     return best
 
 
-def restart_regs(regs: dict) -> dict:
+SA_RESTART = 0x10000000
+EINTR = 4
+
+
+def handled_pending(thread: dict, signals: list[int], actions: list[dict]) -> dict | None:
+    """The action of the first of `signals` (pending for this thread) that
+    its mask lets through and that has a handler: what the kernel would run
+    on the way back to user space, instead of restarting the call."""
+    for sig in signals:
+        if thread["sigmask"] >> (sig - 1) & 1 or sig > len(actions):
+            continue
+        if actions[sig - 1]["handler"] not in (0, 1):       # not SIG_DFL or SIG_IGN
+            return actions[sig - 1]
+    return None
+
+
+def restart_regs(regs: dict, handler: dict | None = None) -> dict:
     """Registers that continue an interrupted syscall the way the kernel
-    would have on return to user space (restart or restart_syscall), since
-    rt_sigreturn itself never restarts anything."""
+    would have on return to user space, since rt_sigreturn itself never
+    restarts anything: restart it (or restart_syscall), or, when `handler`
+    (the action of a pending signal that will run first) says so, fail it
+    with EINTR as handle_signal does."""
     r = dict(regs)
     orig = r["orig_rax"]
     if orig >= 1 << 63:          # not stopped in a syscall
         return r
     err = (1 << 64) - r["rax"] if r["rax"] >= 1 << 63 else 0
+    if handler is not None and (err in (ERESTARTNOHAND, ERESTART_RESTARTBLOCK) or (
+            err == ERESTARTSYS and not handler["flags"] & SA_RESTART)):
+        r["rax"] = (1 << 64) - EINTR
+        return r
     if err in (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND):
         r["rax"] = orig
         r["rip"] -= 2
@@ -160,10 +182,15 @@ def region_size(n_vmas: int, n_fds: int, n_pending: int, xsave_len: int,
     return code, _align(data, PAGE) + STACK_SIZE
 
 
-def _frame(region: Region, thread: dict, xsave: bytes, xcr0: int) -> int:
-    """The thread's fpstate and rt_sigframe in the region; returns the frame."""
+def _frame(region: Region, thread: dict, xsave: bytes, xcr0: int,
+           signals: tuple[list[int], list[dict]]) -> int:
+    """The thread's fpstate and rt_sigframe in the region; returns the frame.
+    signals: (pending signal numbers it may take, the process's actions)."""
     fp_addr = region.alloc(fpstate(xsave, xcr0), 64)
-    frame = sigframe(restart_regs(regs_dict(thread["regs"])), thread["sigmask"],
+    pending, actions = signals
+    handler = handled_pending(thread, pending + [x["sig"] for x in thread.get("pending", [])],
+                              actions)
+    frame = sigframe(restart_regs(regs_dict(thread["regs"]), handler), thread["sigmask"],
                      (thread["altstack_sp"], thread["altstack_flags"], thread["altstack_size"]),
                      fp_addr)
     # rsp = frame + 8 at rt_sigreturn must be 16-byte aligned + 8, as after a call
@@ -178,7 +205,8 @@ def _pending_array(pending: list[dict], shared: int) -> bytes:
     return bytes(ffi.buffer(arr))
 
 
-def _threads(region: Region, plan, threads: list[dict], keep_tids: bool, xcr0: int) -> None:
+def _threads(region: Region, plan, threads: list[dict], keep_tids: bool, xcr0: int,
+             actions: list[dict]) -> None:
     """struct umig_thread for every thread but the leader, each with its
     signals, frame and stack in the region."""
     if not threads:
@@ -191,7 +219,7 @@ def _threads(region: Region, plan, threads: list[dict], keep_tids: bool, xcr0: i
         t.npending = len(th.get("pending", []))
         if t.npending:
             t.pending = region.alloc(_pending_array(th["pending"], 0), 16)
-        t.sigframe = _frame(region, th, th["xsave"], xcr0)
+        t.sigframe = _frame(region, th, th["xsave"], xcr0, ([], actions))
         t.stack_lo = region.alloc(b"\0" * THREAD_STACK, 64)
         t.stack_size = THREAD_STACK
         t.fs_base, t.gs_base = regs["fs_base"], regs["gs_base"]
@@ -205,7 +233,8 @@ def _threads(region: Region, plan, threads: list[dict], keep_tids: bool, xcr0: i
 
 
 def build(region: Region, plan, arrays: dict, leader: dict, others: list[dict],
-          keep_tids: bool, xcr0: int) -> int:
+          keep_tids: bool, xcr0: int, actions: list[dict] = (),
+          shared_pending: list[int] = ()) -> int:
     """Lay out the data part: plan first, then its arrays, the leader's
     fpstate and sigframe, the other threads; the leader's stack is the top
     of the region."""
@@ -224,8 +253,10 @@ def build(region: Region, plan, arrays: dict, leader: dict, others: list[dict],
                 else:
                     setattr(arr[i], k, v)
         setattr(plan, name, region.alloc(bytes(ffi.buffer(arr)), 16))
-    plan.sigframe = _frame(region, leader, leader["xsave"], xcr0)
-    _threads(region, plan, others, keep_tids, xcr0)
+    # process-wide pending signals are counted against the leader
+    plan.sigframe = _frame(region, leader, leader["xsave"], xcr0,
+                           (list(shared_pending), list(actions)))
+    _threads(region, plan, others, keep_tids, xcr0, list(actions))
     plan.blob_start = region.base
     plan.blob_end = region.base + region.size
     plan.stack_top = region.base + region.size - 64

@@ -204,6 +204,7 @@ class Child:
         self.memfd = -1
         self.alive = True
         self.threads: list[int] = []      # tids of the threads, in creation order
+        self.stash: dict[int, "tracing.Stop"] = {}
 
     def stop(self, expect: int | None, what: str, plan_addr: int,
              processes: bool = False) -> list[int]:
@@ -214,7 +215,7 @@ class Child:
         forks: list[int] = []
         tracing.cont(self.pid)
         while True:
-            st = tracing.wait(self.pid)
+            st = self._wait_leader()
             if not (st.kind == "event" and st.value in (tracing.PTRACE_EVENT_CLONE,
                                                         tracing.PTRACE_EVENT_FORK)):
                 break
@@ -224,13 +225,37 @@ class Child:
         self.check_trap(self.pid, st, expect, what, plan_addr)
         return forks
 
+    def _wait_leader(self) -> "tracing.Stop":
+        """The leader's next status.  Its threads are polled too: should the
+        process be killed, the leader's exit is reported only after theirs
+        were reaped."""
+        while True:
+            st = tracing.wait(self.pid, nohang=True)
+            if st is not None:
+                return st
+            for tid in self.threads:
+                if tid not in self.stash:
+                    try:
+                        got = tracing.wait(tid, nohang=True)
+                    except ChildProcessError:
+                        continue
+                    if got is not None:
+                        self.stash[tid] = got
+            time.sleep(0.0002)
+
+    def wait(self, tid: int) -> "tracing.Stop":
+        """A thread's next status (one the leader's wait reaped first, if any)."""
+        if tid in self.stash:
+            return self.stash.pop(tid)
+        return tracing.wait(tid)
+
     def thread_ready(self, tid: int, plan_addr: int) -> None:
         """Run a new thread from its first stop (SIGSTOP, suppressed) to its
         READY stop."""
-        st = tracing.wait(tid)
+        st = self.wait(tid)
         if st.kind == "signal" and st.value == signal.SIGSTOP:
             tracing.cont(tid)
-            st = tracing.wait(tid)
+            st = self.wait(tid)
         self.check_trap(tid, st, lib.UMIG_STOP_READY, f"in thread {tid}", plan_addr)
 
     def check_trap(self, tid: int, st: "tracing.Stop", expect: int | None, what: str,
@@ -246,7 +271,7 @@ class Child:
             if regs.rax == expect:
                 return
             raise RestoreFailed(f"the restorer stopped unexpectedly ({regs.rax}) {what}")
-        if st.kind in ("exited", "killed"):
+        if st.kind in ("exited", "killed") and tid == self.pid:
             self.alive = False
         step = self._step(plan_addr)
         raise RestoreFailed(f"the restorer {st} at step '{STEP_NAMES.get(step, step)}' "
@@ -255,9 +280,9 @@ class Child:
     def _step(self, plan_addr: int) -> int:
         try:
             raw = os.pread(self.memfd, 4, plan_addr + ffi.offsetof("struct umig_plan", "step"))
-            return struct.unpack("<I", raw)[0]
         except OSError:
             return 0
+        return struct.unpack("<I", raw)[0] if len(raw) == 4 else 0
 
     def detach(self) -> None:
         """Let every thread go (each sits at the exit of its rt_sigreturn)."""
@@ -614,7 +639,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                  "pending": ("struct umig_pending", pending),
                  "children": ("struct umig_child", kids + zombies),
                  "discards": ("struct umig_discard", _discards(img))},
-                img.thread, img.threads[1:], keep, loaded.header["xcr0"])
+                img.thread, img.threads[1:], keep, loaded.header["xcr0"],
+                img.sigactions["actions"], [x["sig"] for x in img.pending["signals"]])
 
         # ---- map the region here; the child inherits it
         blob = restorer_blob()
@@ -787,7 +813,7 @@ def _follow_to_sigreturn(child: Child, tid: int) -> None:
     sigreturn = False
     while True:
         tracing.syscall(tid)
-        st = tracing.wait(tid)
+        st = child.wait(tid)
         if st.kind != "syscall":
             where = "" if tid == child.pid else f" in thread {tid}"
             if st.kind == "signal" and st.value == signal.SIGTRAP:
