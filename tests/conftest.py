@@ -83,6 +83,7 @@ class Procs:
 
     def adopt(self, pid: int) -> int:
         """Track a pid we did not start (a resumed process)."""
+        assert pid > 1, f"refusing to track pid {pid}: killing it would hit more than one"
         self.pids.add(pid)
         return pid
 

@@ -147,3 +147,70 @@ def test_root_resumes_a_users_process_with_its_credentials(procs, shared_dir):
         line_a = next(x for x in after.splitlines() if x.startswith(key))
         assert line_a == line_b
     os.kill(rpid, signal.SIGKILL)
+
+
+def nspid(pid: int) -> list[int]:
+    """The pid of `pid` in each PID namespace it is in, outermost first."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    raise AssertionError(f"no NSpid for {pid}")
+
+
+def ns_init(pid: int) -> int:
+    """The init (pid 1) of pid's PID namespace, by its pid outside."""
+    ns = os.readlink(f"/proc/{pid}/ns/pid")
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") == ns and nspid(int(name))[-1] == 1:
+                    return int(name)
+            except OSError:
+                continue
+    raise AssertionError(f"no init in the PID namespace of {pid}")
+
+
+@pytest.mark.parametrize("how", ["--pidns", "auto"])
+def test_plain_user_resumes_a_tree_in_a_pid_namespace_keeping_pids(procs, shared_dir, victim,
+                                                                   how):
+    """GIVEN the pipe-and-shared-memory tree (parent, three children, one a
+    zombie, and a grandchild) run and grabbed with --tree by uid 65534
+    WHEN the same user resumes it with --pidns, or without it (a tree must
+    keep its pids and a plain user cannot choose pids here, so umig makes
+    the namespace by itself)
+    THEN every member has, inside the new PID namespace, the pid it had,
+    under the same parent, as uid 65534, and the tree checks itself: PASS."""
+    from conftest import descendants, reap_orphans, wait_for
+    shutil.copy(victim("tree"), shared_dir / "tree")
+    out = shared_dir / "out"
+    f = out.open("w")
+    os.chown(out, NOBODY, NOBODY)
+    src = procs.start(AS_NOBODY + [str(shared_dir / "tree")], stdout=f, cwd=shared_dir)
+    wait_lines(out, 1)
+    members = [src.pid] + descendants(src.pid)
+    parents = {p: int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+               for p in members[1:]}
+    g = as_nobody("grab", "--tree", "-o", "img", str(src.pid), cwd=shared_dir)
+    assert g.returncode == 0, g.stderr
+    src.wait(timeout=5)
+    wait_for(lambda: reap_orphans() or not any(os.path.exists(f"/proc/{p}") for p in members),
+             10, "the grabbed tree to be gone")
+
+    r = as_nobody("resume", "--detach", *([how] if how != "auto" else []), "img",
+                  cwd=shared_dir)
+    assert r.returncode == 0, r.stderr
+    assert "resumed in a new PID namespace" in r.stderr.decode()
+    outer = procs.adopt_tree(int(r.stdout.split()[-1]))
+    init = procs.adopt(ns_init(outer))  # killing the namespace's init ends them all
+    inside = {nspid(p)[-1]: p for p in [outer] + descendants(outer)}
+    assert sorted(inside) == sorted(members)
+    assert nspid(init)[-1] == 1
+    for pid, parent in parents.items():
+        ppid_outer = int(Path(f"/proc/{inside[pid]}/status").read_text()
+                         .split("PPid:")[1].split()[0])
+        assert nspid(ppid_outer)[-1] == parent, pid
+    assert f"Uid:\t{NOBODY}\t{NOBODY}" in Path(f"/proc/{outer}/status").read_text()
+    os.kill(outer, signal.SIGUSR1)
+    result = wait_for(lambda: next((x for x in read_lines(out)
+                                    if x.startswith(("PASS", "FAIL"))), None), 20, "PASS")
+    assert result == "PASS", read_lines(out)

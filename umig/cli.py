@@ -111,13 +111,16 @@ def cmd_resume(args) -> int:
     flag.install()
     fd = _open_image(args.image)
     try:
-        r = resume(fd, ResumeOptions(pid_mode=args.pid, image_on_stdin=fd == 0,
+        r = resume(fd, ResumeOptions(pid_mode=args.pid, pidns=args.pidns,
+                                     image_on_stdin=fd == 0,
                                      warn=_warn, interrupted=flag,
                                      on_running=flag.on_running))
     finally:
         if fd != 0:
             os.close(fd)
-    if not r.same_pid:
+    if r.ns_init:
+        _warn(f"resumed in a new PID namespace, where it has its pid; pid {r.pid} outside")
+    elif not r.same_pid:
         _warn(f"resumed as pid {r.pid} (the image's pid was taken or could not be kept)")
     if args.detach:
         print(r.pid, flush=True)
@@ -189,6 +192,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("image", help="image file, or - for stdin")
     r.add_argument("--pid", choices=("auto", "keep", "new"), default="auto",
                    help="keep the image's pid (keep: or fail), or take a new one")
+    r.add_argument("--pidns", action="store_true",
+                   help="rebuild it in a new user + PID namespace, where all its pids and "
+                        "tids are free (no root needed); automatic for a plain user when "
+                        "ids must be kept")
     r.add_argument("--detach", action="store_true",
                    help="print the pid and return at once instead of waiting")
     r.set_defaults(func=cmd_resume)

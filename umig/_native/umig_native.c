@@ -511,7 +511,10 @@ int umig_spawn(uint64_t entry, uint64_t plan, int32_t set_tid)
         return r < 0 ? -e : (int)r;
     }
     syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    if (syscall(SYS_getppid) != parent)
+    /* our parent died before PDEATHSIG was set (in a new PID namespace the
+     * parent outside it reads as 0) */
+    long ppid = syscall(SYS_getppid);
+    if (ppid != parent && ppid != 0)
         syscall(SYS_exit_group, 127);
     if (syscall(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0) < 0)
         syscall(SYS_exit_group, 126);

@@ -99,3 +99,17 @@ def pid_state(pid: int) -> str | None:
         return procfs.parse_stat(procfs.read(pid, "stat"))[2]
     except (UmigError, OSError):
         return None
+
+
+def userns_possible() -> bool:
+    """Whether this user may make a user namespace (Debian's switch, and
+    the count limit)."""
+    for path, bad in (("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+                      ("/proc/sys/user/max_user_namespaces", "0")):
+        try:
+            with open(path) as f:
+                if f.read().strip() == bad and os.geteuid() != 0:
+                    return False
+        except OSError:
+            pass
+    return True

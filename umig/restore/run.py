@@ -24,7 +24,7 @@ import resource
 import signal
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -55,6 +55,7 @@ STEP_NAMES = {v: k[len("UMIG_STEP_"):].lower().replace("_", " ")
 @dataclass
 class ResumeOptions:
     pid_mode: str = "auto"             # auto | keep | new
+    pidns: bool = False                # rebuild in a new user + PID namespace
     image_on_stdin: bool = False
     warn: Callable[[str], None] = lambda msg: None
     interrupted: Callable[[], bool] = lambda: False
@@ -67,6 +68,7 @@ class Resumed:
     same_pid: bool
     vdso_mode: str
     timings: dict = field(default_factory=dict)
+    ns_init: int = 0                   # --pidns: the namespace's init (pid outside)
 
 
 def _vma_plan(img, map_fds: dict, shm: dict[int, int]) -> list[dict]:
@@ -126,6 +128,21 @@ def _rlimits(img, warn) -> list[dict]:
 
 def _have_cap(cap: int) -> bool:
     return bool(checks.own_caps() >> cap & 1)
+
+
+def _choose_ids(loaded: Loaded, mode: str, pidns: bool) -> tuple[bool, bool]:
+    """(keep the ids, in a new PID namespace).  A new user + PID namespace
+    is used when asked, or when ids must be kept and this user may not
+    choose them here: in a fresh namespace every id is free."""
+    must = len(loaded.images) > 1 or bool(loaded.zombies) or \
+        sum(len(i.threads) for i in loaded.images) > 1
+    if pidns or (must and mode != "new" and not checks.can_checkpoint_restore()
+                 and checks.userns_possible()):
+        if mode == "new":
+            raise EnvironmentProblem("--pid new and --pidns contradict each other: in a new "
+                                     "PID namespace umig keeps the ids")
+        return True, True
+    return _choose_pids(loaded, mode), False
 
 
 def _choose_pids(loaded: Loaded, mode: str) -> bool:
@@ -332,14 +349,34 @@ def _place(child: Child, frame, round_: int, flags: int, raw_len: int, runs, dat
                             f"{os.strerror(-r)}")
 
 
-def _feed_pages(driver: "_Driver", loaded: Loaded, check) -> int:
+class _Inline:
+    """A stand-in for the one-thread pool where no thread may be started
+    (after unshare(CLONE_NEWPID)): runs each job at once."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as e:      # noqa: BLE001 - handed on by result()
+            f.set_exception(e)
+        return f
+
+
+def _feed_pages(driver: "_Driver", loaded: Loaded, check, threads: bool = True) -> int:
     """Write every PAGES record into its process: this thread reads and
     checksums the stream, a second one decompresses and writes (one record
     behind).  The reader verifies the trailer when the pages end, and here
     its counts are held against what came."""
     pages = records = data_bytes = 0
     pending: list = []
-    with ThreadPoolExecutor(1, thread_name_prefix="umig-place") as pool:
+    with (ThreadPoolExecutor(1, thread_name_prefix="umig-place") if threads
+          else _Inline()) as pool:
         try:
             current = None
             for owner, frame in loaded.page_frames():
@@ -592,11 +629,12 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
     max_dst = max([f["fd"] for pr in procs for f in pr.img.fds] + [2])
     fds = ResumeFds(base=max_dst + 1, pipes=loaded.pipes)
     region_mapped = 0
+    ns_init = 0
     try:
         shm = _shared_memory(loaded, fds)
         for pr in procs:
             _open_fds(pr, fds, shm, opts)
-        keep = _choose_pids(loaded, opts.pid_mode)
+        keep, use_ns = _choose_ids(loaded, opts.pid_mode, opts.pidns)
         sessions = _sessions(procs, opts.warn)
 
         # ---- the plans, in one region every process inherits; children
@@ -656,6 +694,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         root = procs[0]
         timings["planned"] = time.perf_counter()
         want_pid = root.pid if keep else 0
+        if use_ns:
+            ns_init = _enter_pidns(root.pid, fds)
         pid = lib.umig_spawn(base + lib.UMIG_BLOB_ENTRY_OFF, root.plan_addr, want_pid)
         if pid < 0:
             if want_pid:
@@ -688,7 +728,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         driver = _Driver(procs, loaded)
         driver.mapped(root)
         timings["mapped"] = time.perf_counter()
-        _feed_pages(driver, loaded, check)        # verifies the trailer
+        _feed_pages(driver, loaded, check, threads=not use_ns)   # verifies the trailer
         driver.finish()
         timings["filled"] = time.perf_counter()
         for pr in procs:
@@ -718,11 +758,13 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                 pr.child.detach()
                 pr.child.alive = False     # it runs: no longer ours to kill on error
         timings["running"] = time.perf_counter()
-        return Resumed(pid, pid == root.pid, vdso_mode, timings)
+        return Resumed(pid, pid == root.pid or use_ns, vdso_mode, timings, ns_init)
     except BaseException:
         for pr in reversed(procs):
             if pr.child is not None:
                 pr.child.kill()
+        if ns_init:
+            _end(ns_init)
         raise
     finally:
         if region_mapped:
@@ -793,6 +835,84 @@ class _Driver:
     def finish(self) -> None:
         for pr in self.procs:
             self.forked(pr)
+
+
+NR_unshare, NR_close_range = 272, 436
+CLONE_NEWUSER, CLONE_NEWPID = 0x10000000, 0x20000000
+
+
+def _enter_pidns(root: int, fds: ResumeFds) -> int:
+    """Make a new PID namespace take the processes we start from now on (for
+    a plain user, inside a new user namespace that maps our own ids to
+    themselves, where we may choose pids), and start its init
+    (pid 1 there), which reaps orphans and ends, ending the namespace, once
+    the resumed root has gone.  Returns the init's pid (outside)."""
+    uid, gid = os.geteuid(), os.getegid()
+    if checks.can_checkpoint_restore():
+        # privileged: a PID namespace is enough (and keeps every uid usable;
+        # a process inside a new user namespace could map only its own)
+        flags = CLONE_NEWPID
+    else:
+        flags = CLONE_NEWUSER | CLONE_NEWPID
+    try:
+        syscall(NR_unshare, flags)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot make a {'user and ' if flags & CLONE_NEWUSER else ''}"
+                                 f"PID namespace to keep the ids in: {e.strerror}",
+                                 hint="allow user namespaces (sysctl "
+                                      "kernel.unprivileged_userns_clone=1), or resume as root"
+                                 ) from None
+    if flags & CLONE_NEWUSER:
+        try:
+            for name, line in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                               ("gid_map", f"{gid} {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(line)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot map ids into the new user namespace: "
+                                     f"{e.strerror}") from None
+    init = os.fork()
+    if init == 0:
+        _ns_init(root)
+    return init
+
+
+def _ns_init(root: int) -> None:
+    """Pid 1 of the namespace: reap whatever is orphaned to us; end once the
+    root (pid `root` here) has been there and is gone."""
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)          # not umig's stdio: a pipe must see its end
+        syscall(NR_close_range, 3, 0xFFFFFFFF, 0)      # umig's image and pipe ends
+        seen = False
+        while True:
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                pass
+            try:
+                os.kill(root, 0)
+                seen = True
+            except ProcessLookupError:
+                if seen:
+                    break
+            except PermissionError:
+                seen = True
+            time.sleep(0.05)
+    finally:
+        os._exit(0)
+
+
+def _end(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (OSError, ChildProcessError):
+        pass
 
 
 def _make_zombie(parent: Child, pid: int, z: dict) -> None:
