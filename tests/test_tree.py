@@ -77,8 +77,10 @@ def test_tree_with_pipes_shared_memory_and_a_zombie_checks_itself(victim, procs,
     gone(before)
 
     r = run_umig("info", "--json", str(tmp_path / "img"))
-    names = [rec["name"] for rec in json.loads(r.stdout)["records"]]
+    doc = json.loads(r.stdout)
+    names = [rec["name"] for rec in doc["records"]]
     assert names.count("PROCESS") == 4 and names.count("ZOMBIE") == 1
+    assert doc["format_version"] == 2       # an older (version 1) reader refuses it
 
     rpid = resume_tree(tmp_path / "img", procs)
     assert rpid == pid

@@ -998,8 +998,9 @@ def _inherit(members: list[Member]) -> None:
             pv = theirs.get((v["start"], v["end"]))
             if (pv is None or v["flags"] & schema.VMA_SHARED
                     or v["content"] == schema.CONTENT_NONE
-                    or any(pv[k] != v[k] for k in COW_KEYS)):
-                continue
+                    or any(pv[k] != v[k] for k in COW_KEYS if k != "flags")
+                    or (pv["flags"] ^ v["flags"]) & ~schema.VMA_INHERIT):
+                continue      # (the parent's may be marked already: it has a parent too)
             write: list[tuple[int, int, int]] = []
             discard: list[dict] = []
             start, end = v["start"], v["end"]
@@ -1102,7 +1103,10 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         _inherit(members)
         check()
 
-        w = ImageWriter(out_fd)
+        needs_v2 = len(members) > 1 or zombies or any(
+            v["flags"] & (schema.VMA_SHM_SEEN | schema.VMA_INHERIT)
+            for m in members for v in m.vmas)
+        w = ImageWriter(out_fd, version=2 if needs_v2 else 1)
         w.record(schema.HEADER, header_record(pid))
         for m in members:
             for rec, values in m.records:

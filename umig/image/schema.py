@@ -17,7 +17,12 @@ import struct
 from dataclasses import dataclass, field
 
 MAGIC = b"UMIGIMG\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 2 is version 1 plus what an older reader would misread rather than
+# refuse: several processes (tree sections, OWNER, ZOMBIE) and VMAs flagged
+# SHM_SEEN or INHERIT.  A writer puts 1 on images that use none of it, so
+# older readers still read them; this reader reads both.
+READABLE_VERSIONS = (1, 2)
 
 _FIXED = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i32": "i", "i64": "q"}
 
@@ -255,7 +260,7 @@ THREAD = Record(8, "THREAD", (
     F("pending", "array", items=(F("sig", "u32"), F("info", "s128"))),
 ), "One thread (the leader first, then the others): registers (user_regs_struct "
    "order), XSAVE area, signal mask, altstack, futex and rseq registrations, and "
-   "the signals queued for this thread alone.")
+   "(threads other than the leader) the signals queued for this thread alone.")
 
 SIGACTIONS = Record(9, "SIGACTIONS", (
     F("actions", "array", items=(F("handler", "u64"), F("flags", "u64"),
@@ -264,8 +269,8 @@ SIGACTIONS = Record(9, "SIGACTIONS", (
 
 PENDING = Record(10, "PENDING", (
     F("signals", "array", items=(F("shared", "u32"), F("sig", "u32"), F("info", "s128"))),
-), "Queued signals with their siginfo.  Process-wide (shared=1) only since "
-   "THREAD.pending exists; older images put the leader's own (shared=0) here.")
+), "Queued signals with their siginfo: the process-wide queue (shared=1) and the "
+   "leader's own (shared=0); the other threads' own are in their THREAD records.")
 
 ITIMERS = Record(11, "ITIMERS", (
     F("timers", "array", items=(F("which", "u32"), F("interval_sec", "u64"),

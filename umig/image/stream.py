@@ -40,7 +40,7 @@ def crc32c(*parts) -> int:
 class ImageWriter:
     """Writes records to a file descriptor (file, pipe or socket)."""
 
-    def __init__(self, fd: int, what: str = "image"):
+    def __init__(self, fd: int, what: str = "image", version: int = schema.FORMAT_VERSION):
         self.fd = fd
         self.what = what
         self.offset = 0
@@ -49,7 +49,7 @@ class ImageWriter:
         self.pages = 0
         self.data_bytes = 0
         self._digest = hashlib.sha256()
-        self._write([schema.MAGIC, struct.pack("<II", schema.FORMAT_VERSION, 0)])
+        self._write([schema.MAGIC, struct.pack("<II", version, 0)])
 
     def _write(self, parts: list) -> None:
         views = [memoryview(p).cast("B") for p in parts if len(p)]
@@ -155,7 +155,7 @@ class ImageReader:
     """Iterates the records of an image, verifying as it goes.  Iteration
     ends after a verified trailer; anything else raises BadImage."""
 
-    def __init__(self, fd: int, what: str = "image"):
+    def __init__(self, fd: int, what: str = "image", version: int = schema.FORMAT_VERSION):
         self.fd = fd
         self.what = what
         self.offset = 0
@@ -196,9 +196,9 @@ class ImageReader:
             raise BadImage(f"image truncated at byte {len(head)}: the stream header "
                            f"needs 16 bytes", offset=len(head))
         self.version = struct.unpack_from("<I", head, 8)[0]
-        if self.version != schema.FORMAT_VERSION:
+        if self.version not in schema.READABLE_VERSIONS:
             raise Incompatible(f"image format version {self.version}, this umig reads "
-                               f"version {schema.FORMAT_VERSION}",
+                               f"version {' and '.join(map(str, schema.READABLE_VERSIONS))}",
                                hint="resume it with a umig of the version that made it"
                                if self.version > schema.FORMAT_VERSION else
                                "the image is from an older umig; re-grab the process")
