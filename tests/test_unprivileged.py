@@ -214,3 +214,48 @@ def test_plain_user_resumes_a_tree_in_a_pid_namespace_keeping_pids(procs, shared
     result = wait_for(lambda: next((x for x in read_lines(out)
                                     if x.startswith(("PASS", "FAIL"))), None), 20, "PASS")
     assert result == "PASS", read_lines(out)
+
+
+def test_plain_user_tree_shares_copy_on_write_memory_by_content(procs, shared_dir, victim):
+    """GIVEN uid 65534's parent with 64 MiB of random bytes and four children
+    sharing them copy-on-write (two changed their first MiB), where a plain
+    user cannot see the frame numbers that tell shared pages apart
+    WHEN it grabs the tree and resumes it
+    THEN pages a child has byte for byte as its parent are written once
+    (image under 80 MiB, not 5 x 64), the resumed members share them again
+    (Pss under 2 x 64 MiB) and every member's checksum is what it was."""
+    from conftest import descendants, reap_orphans, wait_for
+    shutil.copy(victim("cowtree"), shared_dir / "cowtree")
+    out = shared_dir / "out"
+    f = out.open("w")
+    os.chown(out, NOBODY, NOBODY)
+    src = procs.start(AS_NOBODY + [str(shared_dir / "cowtree"), "64", "4"], stdout=f,
+                      cwd=shared_dir)
+    wait_lines(out, 5, timeout=20)
+    before = dict(line.split() for line in read_lines(out))
+    members = [int(p) for p in before]
+    g = as_nobody("grab", "--tree", "-o", "img", str(src.pid), cwd=shared_dir)
+    assert g.returncode == 0, g.stderr
+    src.wait(timeout=5)
+    wait_for(lambda: reap_orphans() or not any(os.path.exists(f"/proc/{p}") for p in members),
+             10, "the grabbed tree to be gone")
+    size = (shared_dir / "img").stat().st_size
+    assert size < 80 << 20, f"image of {size >> 20} MiB: shared pages written more than once"
+
+    r = as_nobody("resume", "--detach", "img", cwd=shared_dir)
+    assert r.returncode == 0, r.stderr
+    outer = procs.adopt_tree(int(r.stdout.split()[-1]))
+    procs.adopt(ns_init(outer))
+    resumed = [outer] + descendants(outer)
+    pss = sum(int(line.split()[1]) for p in resumed
+              for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+              if line.startswith("Pss:"))
+    assert pss < 2 * 64 * 1024, f"Pss {pss} KiB: the members no longer share memory"
+    inner = {str(nspid(p)[-1]): p for p in resumed}
+    assert sorted(inner) == sorted(before)
+    for p in resumed:
+        os.kill(p, signal.SIGUSR2)
+    again = wait_for(lambda: (lambda d: d if len(d) == 5 else None)(
+        {x.split()[0]: x.split()[1] for x in read_lines(out) if x.endswith("again")}),
+        20, "every member's second checksum")
+    assert again == before

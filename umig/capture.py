@@ -968,12 +968,6 @@ def _zombie_record(pid: int) -> dict:
             "exit_signal": int(st[37])}
 
 
-def _can_see_frames() -> bool:
-    """/proc/PID/pagemap shows frame numbers only to CAP_SYS_ADMIN."""
-    caps = int(procfs.parse_status(procfs.read(os.getpid(), "status")).get("CapEff", "0"), 16)
-    return bool(caps >> 21 & 1)
-
-
 COW_KEYS = ("start", "end", "prot", "flags", "kind", "content", "pgoff", "path", "ino")
 
 
@@ -982,8 +976,9 @@ def _inherit(members: list[Member]) -> None:
     parent (a member too): resume forks the member from its parent with the
     parent's memory in place, so only the pages that differ go into the
     image (m.cow: the ranges to write per VMA) and the pages only the parent
-    has are dropped (VMA.discard).  Needs frame numbers (root)."""
-    if len(members) < 2 or not _can_see_frames():
+    has are dropped (VMA.discard).  Pages count as shared by frame number
+    where /proc shows them (CAP_SYS_ADMIN), else by their bytes."""
+    if len(members) < 2:
         return
     by_pid = {m.t.pid: m for m in members}
     cap = 4096
@@ -1005,8 +1000,8 @@ def _inherit(members: list[Member]) -> None:
             discard: list[dict] = []
             start, end = v["start"], v["end"]
             while start < end:
-                n = lib.umig_cow_diff(m.t.pagemapfd, parent.t.pagemapfd, start, end, vec, cap,
-                                      walk_end)
+                n = lib.umig_cow_diff(m.t.pid, parent.t.pid, m.t.pagemapfd,
+                                      parent.t.pagemapfd, start, end, vec, cap, walk_end)
                 if n < 0:
                     raise from_oserror(OSError(-n, os.strerror(-n)),
                                        f"comparing the pages of process {m.t.pid} with its "

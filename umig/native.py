@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UmigError
 
-NATIVE_ABI = 3
+NATIVE_ABI = 4
 PLAN_ABI = 7
 PAGE = 4096
 

@@ -16,6 +16,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <cpuid.h>
@@ -364,18 +365,44 @@ static int cow_private(uint64_t e)
     return (e & (PM_PRESENT | PM_SWAPPED)) && !(e & PM_FILE);
 }
 
+/* Read npages pages at addr of pid into buf; 0 or -errno. */
+static int read_pages(int pid, uint64_t addr, uint64_t npages, uint8_t *buf)
+{
+    struct iovec local = {buf, npages * PAGE}, remote = {(void *)addr, npages * PAGE};
+    ssize_t r = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (r < 0)
+        return -errno;
+    return (uint64_t)r == npages * PAGE ? 0 : -EFAULT;
+}
+
+#define COW_SAME 0
+#define COW_COMPARE 3
+
 /* Compare a child's private pages with its parent's over [start, end), a
  * range both map alike (the child inherits it when it is forked in the
  * restorer).  Out: UMIG_COW_WRITE regions hold pages of the child's own
  * (write them), UMIG_COW_DISCARD regions pages only the parent has
  * privately (drop them in the child: it gets zeros or the file's page).
- * Pages both share (same frame or swap entry) are in neither.  Resumable
- * like umig_scan_pagemap. */
-int64_t umig_cow_diff(int child_pm, int parent_pm, uint64_t start, uint64_t end,
-                      struct umig_region *out, uint64_t max, uint64_t *walk_end)
+ * Pages both share are in neither: the same frame or swap entry, or, where
+ * the frame numbers are hidden (no CAP_SYS_ADMIN), the same bytes (read
+ * from both processes: inheriting the parent's page then gives the child
+ * exactly its own).  Resumable like umig_scan_pagemap. */
+int64_t umig_cow_diff(int child_pid, int parent_pid, int child_pm, int parent_pm,
+                      uint64_t start, uint64_t end, struct umig_region *out, uint64_t max,
+                      uint64_t *walk_end)
 {
+    static uint8_t *cbuf, *pbuf;
     uint64_t c[512], p[512];
+    uint8_t cls[512];
     uint64_t n = 0, addr = start;
+    if (!cbuf) {
+        cbuf = mmap(NULL, 512 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        pbuf = mmap(NULL, 512 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (cbuf == MAP_FAILED || pbuf == MAP_FAILED) {
+            cbuf = pbuf = NULL;
+            return -ENOMEM;
+        }
+    }
     while (addr < end) {
         uint64_t pages = (end - addr) / PAGE;
         if (pages > 512)
@@ -386,15 +413,41 @@ int64_t umig_cow_diff(int child_pm, int parent_pm, uint64_t start, uint64_t end,
             return -errno;
         if (rc == 0)
             break;
-        for (uint64_t k = 0; k < (uint64_t)rc / 8; k++, addr += PAGE) {
-            uint64_t pe = k < (uint64_t)rp / 8 ? p[k] : 0, cat = 0;
+        uint64_t got = (uint64_t)rc / 8;
+        for (uint64_t k = 0; k < got; k++) {
+            uint64_t pe = k < (uint64_t)rp / 8 ? p[k] : 0;
+            cls[k] = COW_SAME;
             if (cow_private(c[k])) {
-                uint64_t id = cow_ident(c[k]);
-                if (!id || id != cow_ident(pe))
-                    cat = UMIG_COW_WRITE;
+                uint64_t idc = cow_ident(c[k]), idp = cow_ident(pe);
+                if (idc && idc == idp)
+                    cls[k] = COW_SAME;
+                else if (!idc && cow_private(pe) && !idp)
+                    cls[k] = COW_COMPARE;          /* frames hidden: compare bytes */
+                else
+                    cls[k] = UMIG_COW_WRITE;
             } else if (cow_private(pe)) {
-                cat = UMIG_COW_DISCARD;
+                cls[k] = UMIG_COW_DISCARD;
             }
+        }
+        /* the pages to compare: read runs of them from both at once */
+        for (uint64_t k = 0; k < got;) {
+            if (cls[k] != COW_COMPARE) {
+                k++;
+                continue;
+            }
+            uint64_t e = k;
+            while (e < got && cls[e] == COW_COMPARE)
+                e++;
+            uint64_t at = addr + k * PAGE;
+            int r1 = read_pages(child_pid, at, e - k, cbuf);
+            int r2 = r1 ? r1 : read_pages(parent_pid, at, e - k, pbuf);
+            for (uint64_t j = k; j < e; j++)
+                cls[j] = (r1 || r2 || memcmp(cbuf + (j - k) * PAGE, pbuf + (j - k) * PAGE, PAGE))
+                             ? UMIG_COW_WRITE : COW_SAME;
+            k = e;
+        }
+        for (uint64_t k = 0; k < got; k++, addr += PAGE) {
+            uint64_t cat = cls[k];
             if (!cat)
                 continue;
             if (n && out[n - 1].end == addr && out[n - 1].categories == cat) {

@@ -4,7 +4,7 @@
  * Python.  Every call returns a count or a negative errno.
  */
 
-#define UMIG_NATIVE_ABI 3
+#define UMIG_NATIVE_ABI 4
 
 /* A page range to read: npages pages from addr; flags UMIG_RANGE_*. */
 struct umig_range {
@@ -47,8 +47,9 @@ int64_t umig_scan_pagemap(int pagemap_fd, uint64_t start, uint64_t end,
                           struct umig_region *out, uint64_t max, uint64_t *walk_end);
 #define UMIG_COW_WRITE 1
 #define UMIG_COW_DISCARD 2
-int64_t umig_cow_diff(int child_pm, int parent_pm, uint64_t start, uint64_t end,
-                      struct umig_region *out, uint64_t max, uint64_t *walk_end);
+int64_t umig_cow_diff(int child_pid, int parent_pid, int child_pm, int parent_pm,
+                      uint64_t start, uint64_t end, struct umig_region *out, uint64_t max,
+                      uint64_t *walk_end);
 
 uint32_t umig_crc32c(uint32_t crc, const uint8_t *buf, uint64_t len);
 
