@@ -222,3 +222,25 @@ def test_copy_on_write_memory_is_written_once_and_stays_shared(victim, procs, tm
         {x.split()[0]: x.split()[1] for x in read_lines(out) if x.endswith("again")}),
         20, "every member's second checksum")
     assert again == before
+
+
+def test_checkpoint_of_a_tree_leaves_its_memory_shared(victim, procs, tmp_path):
+    """GIVEN a parent and four children sharing 64 MiB copy-on-write
+    WHEN the tree is grabbed with --leave-running (a checkpoint)
+    THEN reading its memory did not unshare it: the members' Pss adds up
+    to what it was (process_vm_readv pins pages and would have copied every
+    shared page umig read; grab reads a tree through /proc/PID/mem)."""
+    out = tmp_path / "out"
+    src = procs.start([victim("cowtree"), "64", "4"], stdout=out.open("w"))
+    wait_lines(out, 5, timeout=20)
+    members = [src.pid] + descendants(src.pid)
+    before = sum(pss_kib(p) for p in members)
+    r = run_umig("grab", "--tree", "--leave-running", "-o", str(tmp_path / "img"),
+                 str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    after = sum(pss_kib(p) for p in members)
+    assert after < before + 8 * 1024, f"Pss {before} -> {after} KiB: the grab unshared memory"
+    for p in members:
+        os.kill(p, signal.SIGUSR2)
+    wait_for(lambda: sum(x.endswith("again") for x in read_lines(out)) == 5, 20,
+             "every member to go on")

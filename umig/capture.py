@@ -75,6 +75,8 @@ class Target:
     memfd: int = -1
     pagemapfd: int = -1
     tracking: bool = False      # our userfaultfd write-protects its memory (precopy.py)
+    pin_ok: bool = True         # read with process_vm_readv (False: /proc/PID/mem only,
+    #                             which keeps copy-on-write sharing with other members)
 
 
 def _refuse_early(pid: int, tree: bool = False) -> Target:
@@ -692,7 +694,7 @@ def _produce(t: Target, chunk: _Chunk, ranges) -> tuple[PageChunk, int]:
         chunk.ranges[i].addr = addr
         chunk.ranges[i].npages = npages
         chunk.ranges[i].flags = flags
-    n = lib.umig_gather(t.pid, t.memfd, chunk.ranges, len(ranges), chunk.buf,
+    n = lib.umig_gather(t.pid if t.pin_ok else 0, t.memfd, chunk.ranges, len(ranges), chunk.buf,
                         CHUNK_PAGES * PAGE, chunk.runs, CHUNK_PAGES, chunk.nruns)
     if n < 0:
         raise from_oserror(OSError(-n, os.strerror(-n)),
@@ -961,6 +963,19 @@ def _same_creds_as_leader(pid: int, tid: int, leader: dict) -> None:
                           f"leader's", pid=pid)
 
 
+def _pss_kb(pid: int) -> int:
+    """Resident memory with shared pages divided among their sharers, plus
+    swap: what a member adds to the image at most, in KiB."""
+    total = 0
+    try:
+        for line in procfs.read(pid, "smaps_rollup").decode().splitlines():
+            if line.startswith(("Pss:", "SwapPss:")):
+                total += int(line.split()[1])
+    except (OSError, UmigError, ValueError):
+        pass
+    return total
+
+
 def _zombie_record(pid: int) -> dict:
     st = procfs.parse_stat(procfs.read(pid, "stat"))
     return {"pid": pid, "ppid": int(st[3]), "pgid": int(st[4]), "sid": int(st[5]),
@@ -1000,7 +1015,7 @@ def _inherit(members: list[Member]) -> None:
             discard: list[dict] = []
             start, end = v["start"], v["end"]
             while start < end:
-                n = lib.umig_cow_diff(m.t.pid, parent.t.pid, m.t.pagemapfd,
+                n = lib.umig_cow_diff(m.t.memfd, parent.t.memfd, m.t.pagemapfd,
                                       parent.t.pagemapfd, start, end, vec, cap, walk_end)
                 if n < 0:
                     raise from_oserror(OSError(-n, os.strerror(-n)),
@@ -1053,11 +1068,12 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     rss_kb = int(t.status.get("VmRSS", "0 kB").split()[0] or 0) + int(
         t.status.get("VmSwap", "0 kB").split()[0] or 0)
     if tree:
+        # memory the members share is one: Pss counts it once over them all
+        rss_kb = _pss_kb(pid)
         for c in _descendants(pid)[0]:
             try:
                 _refuse_early(c, True)
-                rss_kb += int(procfs.parse_status(procfs.read(c, "status"))
-                              .get("VmRSS", "0 kB").split()[0] or 0)
+                rss_kb += _pss_kb(c)
             except NoProcess:
                 pass
             except Refused:
@@ -1069,6 +1085,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     tracker: precopy.Tracker | None = None
     cache: precopy.Cache | None = None
     targets: dict[int, Target] = {pid: t}
+    t.pin_ok = not tree
 
     def check() -> None:
         if interrupted():
@@ -1089,6 +1106,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         for p in fr.members:
             if p not in targets:
                 targets[p] = _refuse_early(p, True)
+                targets[p].pin_ok = False
                 _open_proc(targets[p])
             members.append(_read_member(targets[p], tree))
         zombies = [_zombie_record(z) for z in fr.zombies]

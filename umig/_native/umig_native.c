@@ -58,7 +58,10 @@ static int64_t read_remote(int pid, int memfd, const struct iovec *remote, unsig
     for (unsigned i = 0; i < n; i++)
         want += remote[i].iov_len;
     struct iovec l = {local, want};
-    ssize_t got = process_vm_readv(pid, &l, 1, remote, n, 0);
+    /* pid 0: /proc/PID/mem only.  process_vm_readv pins the pages it reads
+     * (FOLL_PIN), which unshares anonymous pages a process shares
+     * copy-on-write with another (kernel-findings.md) */
+    ssize_t got = pid > 0 ? process_vm_readv(pid, &l, 1, remote, n, 0) : 0;
     if (got < 0)
         got = 0;
     if ((uint64_t)got == want)
@@ -365,14 +368,21 @@ static int cow_private(uint64_t e)
     return (e & (PM_PRESENT | PM_SWAPPED)) && !(e & PM_FILE);
 }
 
-/* Read npages pages at addr of pid into buf; 0 or -errno. */
-static int read_pages(int pid, uint64_t addr, uint64_t npages, uint8_t *buf)
+/* Read npages pages at addr through /proc/PID/mem (which, unlike
+ * process_vm_readv, does not pin them: no copy-on-write page is unshared
+ * by comparing it); 0 or -errno. */
+static int read_pages(int memfd, uint64_t addr, uint64_t npages, uint8_t *buf)
 {
-    struct iovec local = {buf, npages * PAGE}, remote = {(void *)addr, npages * PAGE};
-    ssize_t r = process_vm_readv(pid, &local, 1, &remote, 1, 0);
-    if (r < 0)
-        return -errno;
-    return (uint64_t)r == npages * PAGE ? 0 : -EFAULT;
+    uint64_t done = 0, want = npages * PAGE;
+    while (done < want) {
+        ssize_t r = pread(memfd, buf + done, want - done, (off_t)(addr + done));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return r < 0 ? -errno : -EFAULT;
+        done += r;
+    }
+    return 0;
 }
 
 #define COW_SAME 0
@@ -387,7 +397,7 @@ static int read_pages(int pid, uint64_t addr, uint64_t npages, uint8_t *buf)
  * the frame numbers are hidden (no CAP_SYS_ADMIN), the same bytes (read
  * from both processes: inheriting the parent's page then gives the child
  * exactly its own).  Resumable like umig_scan_pagemap. */
-int64_t umig_cow_diff(int child_pid, int parent_pid, int child_pm, int parent_pm,
+int64_t umig_cow_diff(int child_mem, int parent_mem, int child_pm, int parent_pm,
                       uint64_t start, uint64_t end, struct umig_region *out, uint64_t max,
                       uint64_t *walk_end)
 {
@@ -439,8 +449,8 @@ int64_t umig_cow_diff(int child_pid, int parent_pid, int child_pm, int parent_pm
             while (e < got && cls[e] == COW_COMPARE)
                 e++;
             uint64_t at = addr + k * PAGE;
-            int r1 = read_pages(child_pid, at, e - k, cbuf);
-            int r2 = r1 ? r1 : read_pages(parent_pid, at, e - k, pbuf);
+            int r1 = read_pages(child_mem, at, e - k, cbuf);
+            int r2 = r1 ? r1 : read_pages(parent_mem, at, e - k, pbuf);
             for (uint64_t j = k; j < e; j++)
                 cls[j] = (r1 || r2 || memcmp(cbuf + (j - k) * PAGE, pbuf + (j - k) * PAGE, PAGE))
                              ? UMIG_COW_WRITE : COW_SAME;

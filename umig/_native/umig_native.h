@@ -47,7 +47,7 @@ int64_t umig_scan_pagemap(int pagemap_fd, uint64_t start, uint64_t end,
                           struct umig_region *out, uint64_t max, uint64_t *walk_end);
 #define UMIG_COW_WRITE 1
 #define UMIG_COW_DISCARD 2
-int64_t umig_cow_diff(int child_pid, int parent_pid, int child_pm, int parent_pm,
+int64_t umig_cow_diff(int child_mem, int parent_mem, int child_pm, int parent_pm,
                       uint64_t start, uint64_t end, struct umig_region *out, uint64_t max,
                       uint64_t *walk_end);
 
