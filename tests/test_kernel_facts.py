@@ -108,6 +108,25 @@ static void seize_and_stop(pid_t pid)
     ASSERT(WIFSTOPPED(st) && st >> 16 == PTRACE_EVENT_STOP, "status %#x", st);
 }
 
+/* wait (up to 5 s) until pid is blocked in syscall nr (/proc/PID/syscall) */
+static void wait_in_syscall(pid_t pid, long nr)
+{
+    char path[64], text[256], prefix[16];
+    snprintf(path, sizeof path, "/proc/%d/syscall", pid);
+    snprintf(prefix, sizeof prefix, "%ld ", nr);
+    for (int i = 0;; i++) {
+        int fd = open(path, O_RDONLY);
+        ASSERT(fd >= 0, "open %s", path);
+        ssize_t n = read(fd, text, sizeof text - 1);
+        close(fd);
+        text[n > 0 ? n : 0] = 0;
+        if (strncmp(text, prefix, strlen(prefix)) == 0)
+            return;
+        ASSERT(i < 5000, "child %d never blocked in syscall %ld: %s", pid, nr, text);
+        usleep(1000);
+    }
+}
+
 /* [start, end) of the mapping of /proc/self/maps named name; read with
  * raw read(2) into a static buffer (no stdio, no malloc) */
 static char maps_buf[1 << 17];
@@ -608,21 +627,7 @@ int main(int argc, char **argv)
     shared[1].tv_sec = shared[1].tv_nsec = -1;
     pid_t pid = fork_child(sleep10);
 
-    /* wait until it sleeps in the syscall */
-    char path[64], text[256], prefix[16];
-    snprintf(path, sizeof path, "/proc/%d/syscall", pid);
-    snprintf(prefix, sizeof prefix, "%ld ", nr);
-    for (int i = 0;; i++) {
-        int fd = open(path, O_RDONLY);
-        ASSERT(fd >= 0, "open %s", path);
-        ssize_t n = read(fd, text, sizeof text - 1);
-        close(fd);
-        text[n > 0 ? n : 0] = 0;
-        if (strncmp(text, prefix, strlen(prefix)) == 0)
-            break;
-        ASSERT(i < 5000, "the child never slept in syscall %ld: %s", nr, text);
-        usleep(1000);
-    }
+    wait_in_syscall(pid, nr);
 
     seize_and_stop(pid);
     struct user_regs_struct regs;
@@ -1146,20 +1151,7 @@ int main(int argc, char **argv)
     ASSERT(sem >= 0, "semget");
     atexit(drop_sem);
     pid_t pid = fork_child(waiter);
-    char path[64], text[256], prefix[16];
-    snprintf(path, sizeof path, "/proc/%d/syscall", pid);
-    snprintf(prefix, sizeof prefix, "%ld ", nr);
-    for (int i = 0;; i++) {
-        int fd = open(path, O_RDONLY);
-        ASSERT(fd >= 0, "open %s", path);
-        ssize_t n = read(fd, text, sizeof text - 1);
-        close(fd);
-        text[n > 0 ? n : 0] = 0;
-        if (strncmp(text, prefix, strlen(prefix)) == 0)
-            break;
-        ASSERT(i < 5000, "the child never waited in syscall %ld: %s", nr, text);
-        usleep(1000);
-    }
+    wait_in_syscall(pid, nr);
     seize_and_stop(pid);
     struct user_regs_struct regs;
     ASSERT(ptrace(PTRACE_GETREGS, pid, 0, &regs) == 0, "GETREGS");

@@ -309,6 +309,25 @@ int64_t umig_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t anyof_m
 #define CAT_PRESENT 8
 #define CAT_SWAPPED 16
 
+/* Add the page at addr with categories cat to out[], merging it into the
+ * last region when it continues it.  0, or 1 when out[] is full (the page
+ * was not added). */
+static int add_page(struct umig_region *out, uint64_t *n, uint64_t max, uint64_t addr,
+                    uint64_t cat)
+{
+    if (*n && out[*n - 1].end == addr && out[*n - 1].categories == cat) {
+        out[*n - 1].end += PAGE;
+        return 0;
+    }
+    if (*n == max)
+        return 1;
+    out[*n].start = addr;
+    out[*n].end = addr + PAGE;
+    out[*n].categories = cat;
+    (*n)++;
+    return 0;
+}
+
 /* The same answer as umig_scan, from /proc/PID/pagemap, for kernels
  * without PAGEMAP_SCAN. */
 int64_t umig_scan_pagemap(int pagemap_fd, uint64_t start, uint64_t end,
@@ -335,18 +354,10 @@ int64_t umig_scan_pagemap(int pagemap_fd, uint64_t start, uint64_t end,
                 cat |= CAT_FILE;
             if (!(cat & (CAT_PRESENT | CAT_SWAPPED)))
                 continue;
-            if (n && out[n - 1].end == addr && out[n - 1].categories == cat) {
-                out[n - 1].end += PAGE;
-                continue;
-            }
-            if (n == max) {
+            if (add_page(out, &n, max, addr, cat)) {
                 *walk_end = addr;
                 return n;
             }
-            out[n].start = addr;
-            out[n].end = addr + PAGE;
-            out[n].categories = cat;
-            n++;
         }
     }
     *walk_end = end;
@@ -457,21 +468,10 @@ int64_t umig_cow_diff(int child_mem, int parent_mem, int child_pm, int parent_pm
             k = e;
         }
         for (uint64_t k = 0; k < got; k++, addr += PAGE) {
-            uint64_t cat = cls[k];
-            if (!cat)
-                continue;
-            if (n && out[n - 1].end == addr && out[n - 1].categories == cat) {
-                out[n - 1].end += PAGE;
-                continue;
-            }
-            if (n == max) {
+            if (cls[k] && add_page(out, &n, max, addr, cls[k])) {
                 *walk_end = addr;
                 return n;
             }
-            out[n].start = addr;
-            out[n].end = addr + PAGE;
-            out[n].categories = cat;
-            n++;
         }
     }
     *walk_end = end;
