@@ -16,33 +16,30 @@ the targets; a target that is missed is printed as NOT met.  See
 bench/README.md for what every column means.
 
 The C victim and a small C helper (counting zero pages) are compiled into a
-temporary directory with gcc; their source is below.
+temporary directory with gcc; their source is below.  The grab and resume
+workers, the process bookkeeping and the table helpers are in harness.py,
+shared with threads.py and trees.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import mmap
 import os
-import platform
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-MiB = 1 << 20
-GiB = 1 << 30
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (processes, workers, medians, tables: shared by the benches)
+from harness import MiB  # noqa: E402
+
 PAGE = 4096
 READV_IOV = 1 * MiB            # process_vm_readv: one 1 MiB iovec per call
 LZ4_CHUNK = 4 * MiB            # lz4.block chunks, as umig compresses them
-PR_SET_CHILD_SUBREAPER = 36
 
 # CRIU's figures, from the issue
 CRIU_FROZEN_1G_RANDOM_S = 0.570
@@ -165,84 +162,13 @@ while True:
 """
 
 
-# ------------------------------------------------------------------ workers
-
-def _vm_hwm() -> int:
-    """This process's peak resident set (VmHWM), in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def worker_grab(pid: int, image: str) -> dict:
-    """In a fresh child: grab pid into image (finish=kill), report stats and
-    this process's peak RSS."""
-    t0 = time.perf_counter()
-    from umig import capture
-    from umig.image.stream import Output
-    base = _vm_hwm()
-    out = Output(image)          # as `umig grab -o IMAGE` does (preallocated, renamed)
-    try:
-        st = capture.grab(pid, out.fd, finish="kill", on_complete=out.commit,
-                          prepare=out.preallocate)
-    except BaseException:
-        out.abort()
-        raise
-    finally:
-        out.close()
-    return {"frozen_s": st.frozen_s, "wall_s": st.wall_s, "image_bytes": st.image_bytes,
-            "pages": st.pages, "data_pages": st.data_pages, "vmas": st.vmas, "fds": st.fds,
-            "hwm_bytes": _vm_hwm(), "hwm_after_import_bytes": base,
-            "import_s": time.perf_counter() - t0 - st.wall_s}
-
-
-def worker_resume(image: str) -> None:
-    """In a fresh child: resume image, report timings and this process's
-    peak RSS, then wait for "kill" on stdin and kill and reap the resumed
-    process (it is our child)."""
-    from umig.restore import ResumeOptions, resume
-    base = _vm_hwm()
-    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        r = resume(fd, ResumeOptions())
-    finally:
-        os.close(fd)
-    t = r.timings
-    out = {"pid": r.pid, "same_pid": r.same_pid, "vdso_mode": r.vdso_mode,
-           "resume_s": t["running"] - t["start"],
-           "phases_s": {k: v - t["start"] for k, v in t.items() if k != "start"},
-           "hwm_bytes": _vm_hwm(), "hwm_after_import_bytes": base}
-    print(json.dumps(out), flush=True)
-    try:
-        sys.stdin.readline()
-    finally:
-        os.kill(r.pid, signal.SIGKILL)
-        os.waitpid(r.pid, 0)
-
-
-def worker_main(argv: list[str]) -> int:
-    try:
-        if argv[0] == "grab":
-            print(json.dumps(worker_grab(int(argv[1]), argv[2])), flush=True)
-        elif argv[0] == "resume":
-            worker_resume(argv[1])
-        else:
-            raise SystemExit(f"unknown worker {argv[0]}")
-    except Exception as e:          # one line the parent can show
-        print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
-        return 1
-    return 0
-
-
 # ------------------------------------------------------------------ limits
 
 class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = harness.libc
 _libc.process_vm_readv.restype = ctypes.c_ssize_t
 _libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong,
                                    ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_ulong]
@@ -426,93 +352,11 @@ def measure_sink(directory: Path, nbytes: int) -> float:
 
 # ------------------------------------------------------------------ one run
 
-class Bench:
-    """Everything started here is killed and reaped in cleanup()."""
-
-    def __init__(self, workdir: Path, build: Path):
-        self.workdir = workdir
-        self.build = build
-        self.popens: list[subprocess.Popen] = []
-        self.pids: set[int] = set()
-
-    def start(self, argv, **kw) -> subprocess.Popen:
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        kw.setdefault("stdout", subprocess.DEVNULL)
-        kw.setdefault("stderr", subprocess.DEVNULL)
-        kw.setdefault("close_fds", True)
-        p = subprocess.Popen([str(a) for a in argv], **kw)
-        self.popens.append(p)
-        return p
-
-    def cleanup(self) -> None:
-        for p in self.popens:
-            if p.poll() is None:
-                try:
-                    p.kill()
-                except ProcessLookupError:
-                    pass
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for p in self.popens:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-            for f in (p.stdin, p.stdout, p.stderr):
-                if f:
-                    f.close()
-        self.popens.clear()
-        deadline = time.monotonic() + 5
-        for pid in self.pids:          # orphans come to us: we are a subreaper
-            while time.monotonic() < deadline:
-                try:
-                    got, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if got:
-                    break
-                time.sleep(0.01)
-        self.pids.clear()
-        while True:
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    break
-            except ChildProcessError:
-                break
-
-
-def _wait_line(path: Path, index: int, timeout: float, proc=None) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = path.read_text().splitlines()
-        if len(lines) > index and path.read_text().endswith("\n"):
-            return lines[index]
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"victim exited with {proc.returncode} before line {index}")
-        time.sleep(0.01)
-    raise RuntimeError(f"no line {index} in {path} after {timeout:.0f} s")
-
-
-def _rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _worker_argv(*args) -> list:
-    return [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
-
-
-def one_run(b: Bench, helper, workload: str, size_mib: int, run: int) -> dict:
+def one_run(b: harness.Bench, helper, workload: str, size_mib: int, run: int) -> dict:
     out = b.workdir / f"out-{workload}-{size_mib}-{run}.txt"
     image = b.workdir / f"img-{workload}-{size_mib}-{run}"
     res: dict = {"workload": workload, "size_mib": size_mib, "run": run}
-    try:
+    with b.recording(res, out, image):
         with out.open("w") as f:
             if workload in WORKLOADS:
                 argv = [b.build / "victim", size_mib, WORKLOADS[workload][0]]
@@ -520,63 +364,33 @@ def one_run(b: Bench, helper, workload: str, size_mib: int, run: int) -> dict:
                 argv = [sys.executable, "-c", PY_VICTIM, PY_WORKLOADS[workload]]
             t0 = time.perf_counter()
             victim = b.start(argv, stdout=f)
-        ready = _wait_line(out, 0, 300, victim)
+        ready = harness.wait_line(out, 0, 300, victim)
         res["victim_setup_s"] = time.perf_counter() - t0
-        res["rss_bytes"] = _rss_bytes(victim.pid)
+        res["rss_bytes"] = harness.rss_bytes(victim.pid)
         res["limits"] = measure_limits(victim.pid, helper)
 
-        g = b.start(_worker_argv("grab", victim.pid, image), stdout=subprocess.PIPE)
-        line = g.stdout.readline()
-        g.wait(timeout=120)
-        grab = json.loads(line) if line else {"error": f"grab worker exited {g.returncode}"}
-        if "error" in grab:
-            raise RuntimeError(f"grab: {grab['error']}")
-        res["grab"] = grab
-        victim.wait(timeout=20)         # killed by grab; reaped here so its pid is free
+        res["grab"] = b.grab(victim, image)
         res["grab"]["image_file_bytes"] = image.stat().st_size
-
-        r = b.start(_worker_argv("resume", image), stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE)
-        line = r.stdout.readline()
-        resumed = json.loads(line) if line else {"error": f"resume worker exited "
-                                                          f"{r.poll()}"}
-        if "error" in resumed:
-            raise RuntimeError(f"resume: {resumed['error']}")
-        b.pids.add(resumed["pid"])
+        worker, resumed = b.resume(image)
         res["resume"] = resumed
 
         # the resumed process checks its own memory
         os.kill(resumed["pid"], signal.SIGUSR1)
-        verdict = _wait_line(out, 1, 120)
+        verdict = harness.wait_line(out, 1, 120)
         expect = "PASS " + ready.split()[1]
         res["verify"] = "PASS" if verdict == expect else f"FAIL ({verdict!r}, want {expect!r})"
-        r.stdin.write(b"kill\n")
-        r.stdin.close()
-        r.wait(timeout=30)
+        b.end_resume(worker)
         image.unlink()
         res["limits"]["sink_s"] = measure_sink(b.workdir, res["grab"]["image_bytes"])
-    except Exception as e:
-        res["error"] = f"{type(e).__name__}: {e}"
-    finally:
-        b.cleanup()
-        for p in (out, image):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
     return res
 
 
 # ------------------------------------------------------------------ summary
 
 @dataclass
-class Row:
+class Row(harness.Row):
     workload: str
     size_mib: int
-    runs: list = field(default_factory=list)
-    med: dict = field(default_factory=dict)
-    checks: list = field(default_factory=list)
-    errors: list = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -585,37 +399,24 @@ class Row:
         return f"{self.workload} {self.size_mib} MiB"
 
 
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 def summarize(row: Row) -> None:
-    ok = [r for r in row.runs if "error" not in r]
-    row.errors = [r["error"] for r in row.runs if "error" in r]
+    ok = row.ok_runs()
     if not ok:
         return
     m = row.med
-    m["n"] = len(ok)
-    m["rss"] = _median(r["rss_bytes"] for r in ok)
-    for k in ("bytes", "nonzero_bytes", "readv_s", "lz4_compress_s", "lz4_decompress_s",
-              "lz4_bytes", "writev_fresh_s", "sink_s"):
-        m[k] = _median(r["limits"][k] for r in ok)
-    for k in ("wall_s", "frozen_s", "image_bytes", "hwm_bytes", "hwm_after_import_bytes"):
-        m["grab_" + k] = _median(r["grab"][k] for r in ok)
-    for k in ("resume_s", "hwm_bytes", "hwm_after_import_bytes"):
-        m["resume_" + k] = _median(r["resume"][k] for r in ok)
-    for ph in ("planned", "mapped", "filled", "ready", "running"):
-        m["resume_" + ph + "_s"] = _median(r["resume"]["phases_s"].get(ph) for r in ok)
-    m["verify"] = f"{sum(r['verify'] == 'PASS' for r in ok)}/{len(ok)}"
-    m["same_pid"] = f"{sum(r['resume']['same_pid'] for r in ok)}/{len(ok)}"
+    m["rss"] = harness.median(r["rss_bytes"] for r in ok)
+    harness.medians(m, ok, "limits", ("bytes", "nonzero_bytes", "readv_s", "lz4_compress_s",
+                                      "lz4_decompress_s", "lz4_bytes", "writev_fresh_s",
+                                      "sink_s"))
+    harness.medians(m, ok, "grab", ("wall_s", "frozen_s", "image_bytes", "hwm_bytes",
+                                    "hwm_after_import_bytes"), prefix="grab_")
+    harness.medians(m, ok, "resume", ("resume_s", "hwm_bytes", "hwm_after_import_bytes"),
+                    prefix="resume_")
+    harness.phase_medians(m, ok)
+    m["verify"] = harness.tally(ok, lambda r: r["verify"] == "PASS")
+    m["same_pid"] = harness.tally(ok, lambda r: r["resume"]["same_pid"])
 
-    def check(target: str, measured: float, limit: float, unit: str, strict: bool = False):
-        ratio = measured / limit if limit else float("inf")
-        met = measured < limit if strict else measured <= limit
-        row.checks.append({"target": target, "measured": measured, "limit": limit,
-                           "unit": unit, "ratio": ratio, "met": bool(met)})
-
+    check = row.check
     frozen = m["grab_frozen_s"]
     bound = max(m["readv_s"], m["lz4_compress_s"])
     check(f"frozen <= {FROZEN_RATIO_MAX} x max(readv, lz4 compress)", frozen,
@@ -644,10 +445,6 @@ def summarize(row: Row) -> None:
                           f"{len(ok) - int(m['verify'].split('/')[0])} run(s)")
 
 
-def _gbps(nbytes, secs) -> str:
-    return f"{nbytes / GiB / secs:.2f}" if secs else "-"
-
-
 def _fmt(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value * 1000:.0f} ms"
@@ -655,70 +452,38 @@ def _fmt(value: float, unit: str) -> str:
 
 
 def print_tables(rows: list[Row], meta: dict, console) -> None:
-    from rich.table import Table
-    t = Table(title=f"umig grab/resume: median of {meta['repeat']} runs "
-                    f"({meta['kernel']}, {meta['cpus']} vCPUs, images in {meta['dir']})")
-    cols = ["workload", "victim\nRSS MiB", "grab\nwall ms", "frozen\nms",
-            "resume\nms", "image\nMiB", "non-zero\nMiB", "umig peak RSS\ngrab MiB",
-            "umig peak RSS\nresume MiB", "self-\ncheck"]
-    for i, name in enumerate(cols):
-        t.add_column(name, justify="left" if i == 0 else "right")
-    for row in rows:
-        m = row.med
-        if not m:
-            t.add_row(row.label, *(["-"] * (len(cols) - 2)), "[red]error[/red]")
-            continue
-        n_ok, n = m["verify"].split("/")
-        t.add_row(row.label, f"{m['rss'] / MiB:.0f}", f"{m['grab_wall_s'] * 1000:.0f}",
-                  f"{m['grab_frozen_s'] * 1000:.0f}", f"{m['resume_resume_s'] * 1000:.0f}",
-                  f"{m['grab_image_bytes'] / MiB:.1f}", f"{m['nonzero_bytes'] / MiB:.1f}",
-                  f"{m['grab_hwm_bytes'] / MiB:.1f}", f"{m['resume_hwm_bytes'] / MiB:.1f}",
-                  m["verify"] if n_ok == n else f"[red]{m['verify']}[/red]")
-    console.print(t)
+    from harness import mib, ms, throughput as tp
 
-    def tp(secs, nbytes):
-        return f"{secs * 1000:.0f} ({_gbps(nbytes, secs)})" if secs else "-"
+    def umig(row, m):
+        return [row.label, mib(m["rss"], 0), ms(m["grab_wall_s"]), ms(m["grab_frozen_s"]),
+                ms(m["resume_resume_s"]), mib(m["grab_image_bytes"]), mib(m["nonzero_bytes"]),
+                mib(m["grab_hwm_bytes"]), mib(m["resume_hwm_bytes"]),
+                harness.red_unless_all(m["verify"])]
+    harness.print_table(
+        console, f"umig grab/resume: median of {meta['repeat']} runs "
+                 f"({meta['kernel']}, {meta['cpus']} vCPUs, images in {meta['dir']})",
+        ["workload", "victim\nRSS MiB", "grab\nwall ms", "frozen\nms", "resume\nms",
+         "image\nMiB", "non-zero\nMiB", "umig peak RSS\ngrab MiB", "umig peak RSS\nresume MiB",
+         "self-\ncheck"], rows, umig, errors=True)
 
-    lim = Table(title="limits measured on the same bytes in the same runs: ms (GiB/s), "
-                      "and umig's time over them")
-    cols = ["workload", "pages\nMiB", "readv", "lz4\ncompress", "lz4\nratio",
-            "lz4\ndecompress", "writev\nfresh", "image write\nto --dir",
-            "frozen /\nmax(rd,c)", "frozen /\nmax(rd,c,wr)", "resume /\nmax(d,wv)"]
-    for i, name in enumerate(cols):
-        lim.add_column(name, justify="left" if i == 0 else "right")
-    for row in rows:
-        m = row.med
-        if not m:
-            continue
+    def limits(row, m):
         bound = max(m["readv_s"], m["lz4_compress_s"])
         with_sink = max(bound, m["sink_s"] or 0)
         fill = max(m["lz4_decompress_s"], m["writev_fresh_s"])
-        lim.add_row(row.label, f"{m['bytes'] / MiB:.0f}", tp(m["readv_s"], m["bytes"]),
-                    tp(m["lz4_compress_s"], m["bytes"]), f"{m['bytes'] / m['lz4_bytes']:.2f}",
-                    tp(m["lz4_decompress_s"], m["bytes"]),
-                    tp(m["writev_fresh_s"], m["nonzero_bytes"]),
-                    tp(m["sink_s"], m["grab_image_bytes"]),
-                    f"{m['grab_frozen_s'] / bound:.2f}", f"{m['grab_frozen_s'] / with_sink:.2f}",
-                    f"{m['resume_resume_s'] / fill:.2f}" if fill else "-")
-    console.print(lim)
-
-    c = Table(title="targets (measured vs limit, from the medians above)")
-    for name, justify in (("workload", "left"), ("target", "left"), ("measured", "right"),
-                          ("limit", "right"), ("ratio", "right"), ("", "left")):
-        c.add_column(name, justify=justify)
-    met = missed = 0
-    for row in rows:
-        for ch in row.checks:
-            met += ch["met"]
-            missed += not ch["met"]
-            c.add_row(row.label, ch["target"], _fmt(ch["measured"], ch["unit"]),
-                      _fmt(ch["limit"], ch["unit"]), f"{ch['ratio']:.2f}",
-                      "[green]met[/green]" if ch["met"] else "[bold red]NOT met[/bold red]")
-    console.print(c)
-    console.print(f"{met} targets met, {missed} NOT met.")
-    for row in rows:
-        for e in row.errors:
-            console.print(f"[red]{row.label}: {e}[/red]")
+        return [row.label, mib(m["bytes"], 0), tp(m["readv_s"], m["bytes"]),
+                tp(m["lz4_compress_s"], m["bytes"]), f"{m['bytes'] / m['lz4_bytes']:.2f}",
+                tp(m["lz4_decompress_s"], m["bytes"]),
+                tp(m["writev_fresh_s"], m["nonzero_bytes"]),
+                tp(m["sink_s"], m["grab_image_bytes"]),
+                f"{m['grab_frozen_s'] / bound:.2f}", f"{m['grab_frozen_s'] / with_sink:.2f}",
+                f"{m['resume_resume_s'] / fill:.2f}" if fill else "-"]
+    harness.print_table(
+        console, "limits measured on the same bytes in the same runs: ms (GiB/s), and umig's "
+                 "time over them",
+        ["workload", "pages\nMiB", "readv", "lz4\ncompress", "lz4\nratio", "lz4\ndecompress",
+         "writev\nfresh", "image write\nto --dir", "frozen /\nmax(rd,c)",
+         "frozen /\nmax(rd,c,wr)", "resume /\nmax(d,wv)"], rows, limits)
+    harness.print_checks(console, rows, "workload", _fmt)
 
 
 # ------------------------------------------------------------------ main
@@ -737,29 +502,24 @@ def build_natives(build: Path):
     return helper
 
 
+def progress(res: dict) -> str:
+    return (f"frozen {res['grab']['frozen_s'] * 1000:.0f} ms, resume "
+            f"{res['resume']['resume_s'] * 1000:.0f} ms, image "
+            f"{res['grab']['image_bytes'] / MiB:.1f} MiB, {res['verify']}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        return worker_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--sizes", default="64,1024",
                     help="MiB of memory for the byte workloads (default 64,1024)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per row (default 3)")
     ap.add_argument("--workloads", default=",".join([*WORKLOADS, *PY_WORKLOADS]),
                     help=f"comma-separated, of {', '.join([*WORKLOADS, *PY_WORKLOADS])} "
                          f"(default all)")
-    ap.add_argument("--dir", default="/dev/shm",
-                    help="where images go (a temporary directory is made in it and "
-                         "removed; default /dev/shm)")
-    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                    help="also write all runs and medians as JSON to FILE (or, without "
-                         "FILE, to stdout, with the tables on stderr)")
+    harness.add_output_options(ap)
     args = ap.parse_args(argv)
 
-    from rich.console import Console
-    to_stderr = args.json == "-"
-    tty = (sys.stderr if to_stderr else sys.stdout).isatty()
-    console = Console(stderr=to_stderr, width=None if tty else 180)
+    console = harness.console_for(args)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     names = [w for w in args.workloads.split(",") if w]
     for w in names:
@@ -769,71 +529,29 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]not root: grab/resume may be refused by ptrace rules[/yellow]")
 
     import umig.native  # noqa: F401  (mallopt: lz4 is slow here without it)
-
-    def on_term(sig, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    harness.become_reaper()
 
     plan = [(w, s) for w in names if w in WORKLOADS for s in sizes]
     plan += [(w, 0) for w in names if w in PY_WORKLOADS]
-    build = Path(tempfile.mkdtemp(prefix="umig-bench-build-"))
-    workdir = Path(tempfile.mkdtemp(prefix="umig-bench-", dir=args.dir))
-    rows: list[Row] = []
     t_start = time.monotonic()
-    b = Bench(workdir, build)
-    interrupted = False
-    try:
-        helper = build_natives(build)
-        for w, s in plan:
-            row = Row(w, s)
-            rows.append(row)
-            for i in range(args.repeat):
-                res = one_run(b, helper, w, s, i)
-                row.runs.append(res)
-                if "error" in res:
-                    console.print(f"  {row.label} run {i + 1}: [red]{res['error']}[/red]")
-                else:
-                    console.print(
-                        f"  {row.label} run {i + 1}: frozen "
-                        f"{res['grab']['frozen_s'] * 1000:.0f} ms, resume "
-                        f"{res['resume']['resume_s'] * 1000:.0f} ms, image "
-                        f"{res['grab']['image_bytes'] / MiB:.1f} MiB, {res['verify']}",
-                        highlight=False)
-            summarize(row)
-    except KeyboardInterrupt:
-        interrupted = True
-        console.print("[yellow]interrupted: showing what was measured[/yellow]")
-        for row in rows:
-            if not row.med:
-                summarize(row)
-    finally:
-        b.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(build, ignore_errors=True)
+    b = harness.Bench.create(args.dir, "umig-bench-", Path(__file__).resolve())
+    rows, interrupted = harness.run_rows(
+        b, (Row(w, s) for w, s in plan), args.repeat, console, prepare=build_natives,
+        one_run=lambda helper, row, i: one_run(b, helper, row.workload, row.size_mib, i),
+        progress=progress, summarize=summarize)
 
-    meta = {"repeat": args.repeat, "kernel": platform.release(), "cpus": os.cpu_count(),
-            "dir": args.dir, "python": platform.python_version(),
-            "total_s": time.monotonic() - t_start,
-            "readv": "ctypes loop: one process_vm_readv per 1 MiB iovec into one reused "
-                     "page-aligned buffer; best of 2 passes",
-            "lz4": "lz4.block.compress(store_size=False) / decompress on 4 MiB chunks of "
-                   "all present pages; python-lz4 allocates its output (no out-buffer API); "
-                   "glibc mmap threshold raised by import umig.native"}
-    print_tables(rows, meta, console)
-    console.print(f"total {meta['total_s']:.0f} s", highlight=False)
-    if args.json:
-        doc = {"meta": meta, "rows": [{"workload": r.workload, "size_mib": r.size_mib,
-                                       "label": r.label, "median": r.med, "checks": r.checks,
-                                       "errors": r.errors, "runs": r.runs} for r in rows]}
-        text = json.dumps(doc, indent=1)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+    meta = harness.run_meta(
+        args.repeat, args.dir, t_start,
+        readv="ctypes loop: one process_vm_readv per 1 MiB iovec into one reused "
+              "page-aligned buffer; best of 2 passes",
+        lz4="lz4.block.compress(store_size=False) / decompress on 4 MiB chunks of "
+            "all present pages; python-lz4 allocates its output (no out-buffer API); "
+            "glibc mmap threshold raised by import umig.native")
+    harness.report(console, args, rows, meta, print_tables,
+                   lambda r: {"workload": r.workload, "size_mib": r.size_mib, "label": r.label})
     failed = any(r.errors for r in rows) or interrupted
     return 2 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.entry(main))
