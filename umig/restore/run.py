@@ -212,6 +212,34 @@ def _own_maps() -> list[tuple[int, int]]:
     return [(v.start, v.end) for v in procfs.parse_maps(procfs.read("self", "maps"))]
 
 
+# statuses of tracees that a wait for another one reaped first
+_kept: dict[int, list] = {}
+
+
+def _wait(pid: int) -> "tracing.Stop":
+    """pid's next status: one kept for it, or its own."""
+    if _kept.get(pid):
+        return _kept[pid].pop(0)
+    return tracing.wait(pid)
+
+
+def _wait_any(pid: int) -> "tracing.Stop":
+    """pid's next status, reaping any child's (tracees' statuses come to us
+    as a child's) and keeping the others' for _wait.  umig resume has no
+    children but the processes it makes."""
+    if _kept.get(pid):
+        return _kept[pid].pop(0)
+    while True:
+        try:
+            got, status = os.waitpid(-1, tracing.WALL)
+        except InterruptedError:
+            continue
+        st = tracing.decode_status(status)
+        if got == pid:
+            return st
+        _kept.setdefault(got, []).append(st)
+
+
 class Child:
     """The traced child that becomes the process, and the threads the
     restorer makes in it (traced from their start: PTRACE_O_TRACECLONE)."""
@@ -221,7 +249,6 @@ class Child:
         self.memfd = -1
         self.alive = True
         self.threads: list[int] = []      # tids of the threads, in creation order
-        self.stash: dict[int, "tracing.Stop"] = {}
 
     def stop(self, expect: int | None, what: str, plan_addr: int,
              processes: bool = False) -> list[int]:
@@ -243,28 +270,15 @@ class Child:
         return forks
 
     def _wait_leader(self) -> "tracing.Stop":
-        """The leader's next status.  Its threads are polled too: should the
-        process be killed, the leader's exit is reported only after theirs
-        were reaped."""
-        while True:
-            st = tracing.wait(self.pid, nohang=True)
-            if st is not None:
-                return st
-            for tid in self.threads:
-                if tid not in self.stash:
-                    try:
-                        got = tracing.wait(tid, nohang=True)
-                    except ChildProcessError:
-                        continue
-                    if got is not None:
-                        self.stash[tid] = got
-            time.sleep(0.0002)
+        """The leader's next status, waited for among all our tracees: should
+        the process be killed, the leader's exit is reported only after its
+        threads' were reaped, so waiting on the leader alone could block
+        for ever.  Others' statuses are kept for their own waits."""
+        return _wait_any(self.pid)
 
     def wait(self, tid: int) -> "tracing.Stop":
-        """A thread's next status (one the leader's wait reaped first, if any)."""
-        if tid in self.stash:
-            return self.stash.pop(tid)
-        return tracing.wait(tid)
+        """A thread's next status (one an earlier wait kept, if any)."""
+        return _wait(tid)
 
     def thread_ready(self, tid: int, plan_addr: int) -> None:
         """Run a new thread from its first stop (SIGSTOP, suppressed) to its
@@ -315,7 +329,7 @@ class Child:
             for tid in self.threads + [self.pid]:    # the leader is reported last
                 try:
                     while True:
-                        st = tracing.wait(tid)
+                        st = _wait(tid)
                         if st.kind in ("exited", "killed"):
                             break
                 except (OSError, ChildProcessError):
@@ -601,6 +615,7 @@ def _sessions(procs: list[_Proc], warn) -> dict[int, tuple[int, int, int]]:
 def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
     """Rebuild the process (or tree) from the image; returns once it runs."""
     timings = {"start": time.perf_counter()}
+    _kept.clear()
     loaded = Loaded(ImageReader(image_fd))
     checks.check_machine(loaded.header)
     procs = [_Proc(img) for img in loaded.images]
@@ -707,7 +722,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         region_mapped = 0
         fds.close()
 
-        st = tracing.wait(pid)
+        st = _wait(pid)
         if not (st.kind == "signal" and st.value == signal.SIGSTOP):
             root.child.alive = st.kind not in ("exited", "killed")
             raise RestoreFailed(f"the new process {st} before the restorer ran")
@@ -817,7 +832,7 @@ class _Driver:
                 _make_zombie(child, new, k)
                 continue
             k.child = Child(new)
-            st = tracing.wait(new)
+            st = _wait(new)
             if not (st.kind == "signal" and st.value == signal.SIGSTOP):
                 k.child.alive = st.kind not in ("exited", "killed")
                 raise RestoreFailed(f"process {new} {st} before its restorer ran")
@@ -919,7 +934,7 @@ def _make_zombie(parent: Child, pid: int, z: dict) -> None:
     """Let a zombie-to-be end (passing on the signal it kills itself with);
     once its tracer (we) has seen the end, its parent can reap it."""
     while True:
-        st = tracing.wait(pid)
+        st = _wait(pid)
         if st.kind in ("exited", "killed"):
             return
         tracing.cont(pid, st.value if st.kind == "signal" and st.value != signal.SIGSTOP
