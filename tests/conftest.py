@@ -170,6 +170,27 @@ def start_with_pid(procs: Procs, pid: int):
     return None
 
 
+def nspid(pid: int) -> list[int]:
+    """The pid of `pid` in each PID namespace it is in, outermost first."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    raise AssertionError(f"no NSpid for {pid}")
+
+
+def ns_init(pid: int) -> int:
+    """The init (pid 1) of pid's PID namespace, by its pid outside."""
+    ns = os.readlink(f"/proc/{pid}/ns/pid")
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") == ns and nspid(int(name))[-1] == 1:
+                    return int(name)
+            except OSError:
+                continue
+    raise AssertionError(f"no init in the PID namespace of {pid}")
+
+
 def reap_orphans() -> None:
     """Reap any child that has exited (orphans reparented to us)."""
     while True:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_lines, run_umig, start_with_pid, wait_for, wait_lines
+from conftest import (ns_init, read_lines, run_umig, start_with_pid, wait_for,
+                      wait_lines)
 from umig.errors import Exit
 
 
@@ -170,8 +171,10 @@ def test_threads_created_while_grabbing_are_not_lost(victim, procs, tmp_path):
 def test_resume_refuses_when_a_thread_id_is_taken(victim, procs, tmp_path):
     """GIVEN an image of a multi-threaded process and one of its thread ids
     now used by another process
-    WHEN resumed THEN refused before anything starts, naming the tid and
-    who has it."""
+    WHEN resumed THEN refused before anything starts, naming the tid, who
+    has it and the way out; resumed with --pidns as it says, every thread
+    has its own tid inside the new namespace and the program checks itself
+    (pthread_kill reaches the right threads): PASS."""
     out = tmp_path / "out"
     src = procs.start([victim("threads", "-pthread")], stdout=out.open("w"))
     wait_lines(out, 3)
@@ -186,7 +189,26 @@ def test_resume_refuses_when_a_thread_id_is_taken(victim, procs, tmp_path):
     assert r.returncode == Exit.ENVIRONMENT, r.stderr.decode()
     assert f"cannot keep thread id {tid}: it is taken by process {tid} (sleep)" \
         in r.stderr.decode()
+    assert "--pidns" in r.stderr.decode()
     assert not os.path.exists(f"/proc/{pid}")
+
+    tids = set(_image_tids(tmp_path / "img"))
+    r = run_umig("resume", "--detach", "--pidns", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    outer = procs.adopt(int(r.stdout.split()[-1]))
+    procs.adopt(ns_init(outer))
+    inner = {int(line.split()[-1]) for t in tids_of(outer)
+             for line in Path(f"/proc/{outer}/task/{t}/status").read_text().splitlines()
+             if line.startswith("NSpid:")}
+    assert inner == tids
+    os.kill(outer, signal.SIGUSR1)
+    assert result_line(out).startswith("PASS"), read_lines(out)[-3:]
+
+
+def _image_tids(img: Path) -> list[int]:
+    r = run_umig("info", "--json", str(img))
+    return [rec["values"]["tid"] for rec in json.loads(r.stdout)["records"]
+            if rec["name"] == "THREAD"]
 
 
 DROPPED = """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_lines, run_umig, umig_cmd, wait_lines
+from conftest import ns_init, nspid, read_lines, run_umig, umig_cmd, wait_lines
 from imagetools import rewrite
 from umig.errors import Exit
 
@@ -147,27 +147,6 @@ def test_root_resumes_a_users_process_with_its_credentials(procs, shared_dir):
         line_a = next(x for x in after.splitlines() if x.startswith(key))
         assert line_a == line_b
     os.kill(rpid, signal.SIGKILL)
-
-
-def nspid(pid: int) -> list[int]:
-    """The pid of `pid` in each PID namespace it is in, outermost first."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("NSpid:"):
-            return [int(x) for x in line.split()[1:]]
-    raise AssertionError(f"no NSpid for {pid}")
-
-
-def ns_init(pid: int) -> int:
-    """The init (pid 1) of pid's PID namespace, by its pid outside."""
-    ns = os.readlink(f"/proc/{pid}/ns/pid")
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.readlink(f"/proc/{name}/ns/pid") == ns and nspid(int(name))[-1] == 1:
-                    return int(name)
-            except OSError:
-                continue
-    raise AssertionError(f"no init in the PID namespace of {pid}")
 
 
 @pytest.mark.parametrize("how", ["--pidns", "auto"])

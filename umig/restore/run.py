@@ -184,8 +184,9 @@ def _choose_pids(loaded: Loaded, mode: str) -> bool:
                     what = "pid" if tid == owner else "thread id"
                     raise EnvironmentProblem(
                         f"cannot keep {what} {tid}: it is taken by {_owner(tid)}", pid=tid,
-                        hint="stop that process" + ("" if must else
-                                                    ", or resume without --pid keep"))
+                        hint="stop that process, or resume with --pidns (in a new PID "
+                             "namespace every id is free)" + ("" if must else
+                                                               ", or without --pid keep"))
                 return False
             time.sleep(0.02)     # the source was just killed; wait for its reaping
     return True
