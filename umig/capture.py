@@ -886,6 +886,7 @@ def _read_member(t: Target, tree: bool) -> Member:
     smaps = procfs.parse_smaps(procfs.read(pid, "smaps"))
     vmas = _vma_records(t, smaps)
     fds = fdtable.describe_all(pid)
+    fdtable.check_epolls(pid, fds)
     vdso = _vdso_record(t, smaps)
     timers = procfs.read(pid, "timers").strip() if os.path.exists(
         f"/proc/{pid}/timers") else b""

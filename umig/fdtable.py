@@ -13,6 +13,7 @@ import fcntl
 import os
 import stat
 import struct
+import time
 from dataclasses import dataclass
 
 from . import procfs
@@ -37,6 +38,8 @@ class FdInfo:
     st: os.stat_result   # stat of /proc/PID/fd/N (the open file itself)
     flags: int
     pos: int
+    fdinfo: dict = None        # /proc/PID/fdinfo/N, first value of each key
+    raw: str = ""              # and as text (epoll lists one line per watch)
 
 
 class FdKind:
@@ -52,7 +55,8 @@ class FdKind:
         return {"fd": info.fd, "kind": cls.name, "flags": info.flags & ~O_CLOEXEC,
                 "cloexec": 1 if info.flags & O_CLOEXEC else 0, "pos": info.pos,
                 "path": info.target, "mode": st.st_mode, "dev": st.st_dev, "ino": st.st_ino,
-                "rdev": st.st_rdev, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "desc": 0}
+                "rdev": st.st_rdev, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "desc": 0,
+                "state": b""}
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
@@ -198,8 +202,179 @@ class Pipe(FdKind):
         return fd
 
 
+NR_eventfd2, NR_timerfd_create, NR_timerfd_settime, NR_signalfd4 = 290, 283, 286, 289
+NR_epoll_create1 = 291
+TFD_IOC_SET_TICKS = 0x40085400
+TFD_TIMER_ABSTIME = 1
+CLOCK_REALTIME, CLOCK_REALTIME_ALARM = 0, 8
+EFD_SEMAPHORE = 1
+
+
+class _AnonKind(FdKind):
+    """An anon_inode fd whose state fdinfo shows and `state` carries."""
+    anon = ""
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return info.target == f"anon_inode:[{cls.anon}]"
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        rec = super().describe(pid, info)
+        rec["path"] = info.target
+        rec["state"] = cls.state(pid, info)
+        return rec
+
+    @classmethod
+    def state(cls, pid: int, info: FdInfo) -> bytes:
+        raise NotImplementedError
+
+    @staticmethod
+    def _made(fd: int, rec: dict) -> int:
+        """Our new fd with the record's O_NONBLOCK."""
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        return fd
+
+
+class EventFd(_AnonKind):
+    """eventfd: its counter and semaphore mode.  state = <Q count, I semaphore>."""
+    name = anon = "eventfd"
+    STATE = struct.Struct("<QI")
+
+    @classmethod
+    def state(cls, pid: int, info: FdInfo) -> bytes:
+        return cls.STATE.pack(int(info.fdinfo["eventfd-count"], 16),
+                              int(info.fdinfo.get("eventfd-semaphore", "0")))
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        from .native import syscall
+        count, sem = cls.STATE.unpack(rec["state"])
+        fd = syscall(NR_eventfd2, 0, O_CLOEXEC | (EFD_SEMAPHORE if sem else 0))
+        if count:
+            os.write(fd, struct.pack("<Q", count))
+        return cls._made(fd, rec)
+
+
+class TimerFd(_AnonKind):
+    """timerfd: clock, flags, time left, interval and expirations not yet
+    read.  state = <i clock, I flags, q left_ns, q interval_ns, Q ticks,
+    q deadline_ns>; deadline (absolute, on the timer's clock) for an
+    ABSTIME timer on the wall clock, which keeps its date anywhere; other
+    timers restart with the time they had left."""
+    name = anon = "timerfd"
+    STATE = struct.Struct("<iIqqQq")
+
+    @staticmethod
+    def _ns(pair: str) -> int:
+        s, ns = (int(x) for x in pair.strip("()").split(","))
+        return s * 1_000_000_000 + ns
+
+    @classmethod
+    def state(cls, pid: int, info: FdInfo) -> bytes:
+        f = info.fdinfo
+        clock, flags = int(f["clockid"]), int(f["settime flags"], 8)
+        left, interval = cls._ns(f["it_value"]), cls._ns(f["it_interval"])
+        deadline = 0
+        if flags & TFD_TIMER_ABSTIME and (left or interval):
+            deadline = time.clock_gettime_ns(clock if clock != CLOCK_REALTIME_ALARM
+                                             else CLOCK_REALTIME) + left
+        return cls.STATE.pack(clock, flags, left, interval, int(f["ticks"]), deadline)
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        from .native import ffi, syscall
+        clock, flags, left, interval, ticks, deadline = cls.STATE.unpack(rec["state"])
+        try:
+            fd = syscall(NR_timerfd_create, clock, O_CLOEXEC)
+        except OSError as e:
+            raise EnvironmentProblem(f"fd {rec['fd']}: cannot make a timerfd on clock {clock}: "
+                                     f"{e.strerror}", fd=rec["fd"]) from None
+        if left or interval:
+            if deadline and clock in (CLOCK_REALTIME, CLOCK_REALTIME_ALARM):
+                value, how = deadline, flags
+            else:
+                value, how = max(left, 1), flags & ~TFD_TIMER_ABSTIME
+                if flags & TFD_TIMER_ABSTIME:
+                    value += time.clock_gettime_ns(clock)
+                    how = flags
+            spec = struct.pack("<qqqq", interval // 10**9, interval % 10**9,
+                               value // 10**9, value % 10**9)
+            buf = ffi.new("char[]", spec)
+            syscall(NR_timerfd_settime, fd, how, int(ffi.cast("uint64_t", buf)), 0)
+        if ticks:
+            fcntl.ioctl(fd, TFD_IOC_SET_TICKS, struct.pack("<Q", ticks))
+        return cls._made(fd, rec)
+
+
+class SignalFd(_AnonKind):
+    """signalfd: the signals it reads.  state = <Q mask>."""
+    name = anon = "signalfd"
+
+    @classmethod
+    def state(cls, pid: int, info: FdInfo) -> bytes:
+        return struct.pack("<Q", int(info.fdinfo["sigmask"], 16))
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        from .native import ffi, syscall
+        mask = ffi.new("uint64_t *", struct.unpack("<Q", rec["state"])[0])
+        fd = syscall(NR_signalfd4, -1 & 0xFFFFFFFF, int(ffi.cast("uint64_t", mask)), 8,
+                     O_CLOEXEC)
+        return cls._made(fd, rec)
+
+
+class Epoll(_AnonKind):
+    """epoll: an empty instance here; its watches (state = <i tfd, I events,
+    Q data, Q ino> each, as fdinfo lists them) are added by the restorer
+    once every fd has its number, since epoll knows a watch by (file, fd
+    number)."""
+    name, anon = "epoll", "eventpoll"
+    ITEM = struct.Struct("<iIQQ")
+
+    @classmethod
+    def state(cls, pid: int, info: FdInfo) -> bytes:
+        out = b""
+        for line in info.raw.splitlines():
+            if line.startswith("tfd:"):
+                f = line.split()
+                tfd, events, data = int(f[1]), int(f[3], 16), int(f[5], 16)
+                ino = int(f[7].split(":")[1], 16)
+                out += cls.ITEM.pack(tfd, events, data, ino)
+        return out
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        from .native import syscall
+        return syscall(NR_epoll_create1, O_CLOEXEC)
+
+    @classmethod
+    def watches(cls, rec: dict) -> list[tuple[int, int, int, int]]:
+        """(tfd, events, data, ino) of each watch."""
+        return list(cls.ITEM.iter_unpack(rec["state"]))
+
+
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
-    Stdio, RegularFile, Directory, SimpleDevice, Terminal, Pipe)}
+    Stdio, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd, TimerFd, SignalFd,
+    Epoll)}
+
+
+def check_epolls(pid: int, fds: list[dict]) -> None:
+    """Every fd an epoll watches must still be that fd of the process (a
+    watch outlives the closing of its fd number while a dup keeps the file
+    open; umig could not re-add it under that number)."""
+    by_fd = {rec["fd"]: rec for rec in fds}
+    for rec in fds:
+        if rec["kind"] != Epoll.name:
+            continue
+        for tfd, _events, _data, ino in Epoll.watches(rec):
+            target = by_fd.get(tfd)
+            if target is None or target["ino"] != ino:
+                raise Refused(f"process {pid} fd {rec['fd']} is an epoll watching fd {tfd}, "
+                              f"which the process no longer has open as that number", pid=pid,
+                              fd=rec["fd"], hint="close the epoll or re-add the fd in the "
+                                                 "program")
 
 
 NR_kcmp, KCMP_FILE = 312, 0
@@ -215,7 +390,8 @@ def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
     for pid, fds in members:
         for rec in fds:
             rec.setdefault("desc", 0)
-            if rec["kind"] in (RegularFile.name, Directory.name, SimpleDevice.name):
+            if rec["kind"] in (RegularFile.name, Directory.name, SimpleDevice.name,
+                               EventFd.name, TimerFd.name, SignalFd.name, Epoll.name):
                 groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
     next_id = 1
     for group in groups.values():
@@ -376,8 +552,10 @@ def fd_info(pid: int, fd: int) -> FdInfo:
         st = os.stat(base)
     except FileNotFoundError:
         raise UmigError(f"process {pid} fd {fd} closed while it was frozen", pid=pid, fd=fd)
-    info = procfs.parse_fdinfo(procfs.read(pid, f"fdinfo/{fd}"))
-    return FdInfo(fd, target, st, int(info.get("flags", "0"), 8), int(info.get("pos", "0")))
+    raw = procfs.read(pid, f"fdinfo/{fd}")
+    info = procfs.parse_fdinfo(raw)
+    return FdInfo(fd, target, st, int(info.get("flags", "0"), 8), int(info.get("pos", "0")),
+                  info, raw.decode("utf-8", "replace"))
 
 
 def describe_all(pid: int) -> list[dict]:

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import UmigError
 
 NATIVE_ABI = 4
-PLAN_ABI = 7
+PLAN_ABI = 8
 PAGE = 4096
 
 try:

@@ -12,7 +12,7 @@
  * Bump UMIG_PLAN_ABI on any change of layout or meaning.
  */
 
-#define UMIG_PLAN_ABI 7
+#define UMIG_PLAN_ABI 8
 #define UMIG_PLAN_MAGIC 0x4e414c5047494d55
 
 /* Fixed offsets inside restorer.bin (see the head of restorer.c). */
@@ -51,6 +51,7 @@
 #define UMIG_STEP_THREAD 21
 #define UMIG_STEP_FORK 22
 #define UMIG_STEP_SESSION 23
+#define UMIG_STEP_EPOLL 24
 
 /* madvise bits applied after the pages are in. */
 #define UMIG_MADV_DONTFORK 1
@@ -70,6 +71,16 @@ struct umig_vma {
     uint32_t init_prot;      /* protection while pages are written */
     uint32_t madv;           /* UMIG_MADV_* */
     uint32_t inherit;        /* 1: the parent's, kept as forked (copy-on-write) */
+};
+
+/* A watch an epoll fd had: epoll_ctl(epfd, ADD, tfd, {events, data}) once
+ * the fds have their numbers (epoll knows a watch by file and fd number). */
+struct umig_epitem {
+    int32_t epfd;
+    int32_t tfd;
+    uint32_t events;
+    uint32_t pad;
+    uint64_t data;
 };
 
 /* Pages a child drops from an inherited VMA: what only its parent had. */
@@ -244,6 +255,9 @@ struct umig_plan {
     uint32_t drop_sigchld;   /* 1: discard the SIGCHLD its zombie children sent */
     uint32_t ndiscards;
     uint64_t discards;       /* struct umig_discard[ndiscards] */
+    uint64_t epitems;        /* struct umig_epitem[nepitems] */
+    uint32_t nepitems;
+    uint32_t pad3;
 
     /* progress, written by the restorer */
     uint32_t step;

@@ -435,6 +435,15 @@ void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
                                         RSEQ_FLAG_UNREGISTER, p->old_rseq_sig));
     enter_session(p);
     restore_fds(p);
+    struct umig_epitem *ep = (struct umig_epitem *)p->epitems;
+    for (uint32_t i = 0; i < p->nepitems; i++) {
+        struct {
+            uint32_t events;
+            uint64_t data;
+        } __attribute__((packed)) ev = {ep[i].events, ep[i].data};
+        CHECK(UMIG_STEP_EPOLL, sys4(NR_epoll_ctl, ep[i].epfd, 1 /* EPOLL_CTL_ADD */, ep[i].tfd,
+                                    (long)&ev));
+    }
     if (p->cwd_fd >= 0)
         CHECK(UMIG_STEP_CWD, sys1(NR_fchdir, p->cwd_fd));
 

@@ -292,10 +292,12 @@ FD = Record(12, "FD", (
     F("size", "u64", "size"),
     F("mtime_ns", "u64", "time"),
     F("desc", "u32"),
+    F("state", "bytes", "bytes"),
 ), "One file descriptor; `kind` names the fdtable class that re-creates it.  "
    "FD records with the same non-zero `desc` (in one process or several) are one "
    "open file description (dup, fork): recreated once, so they share offset and "
-   "flags.")
+   "flags.  `state` is what the kind needs beyond that (fdtable.py: eventfd, timerfd, "
+   "signalfd, epoll).")
 
 PIPE = Record(16, "PIPE", (
     F("ino", "u64"),

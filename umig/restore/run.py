@@ -32,7 +32,7 @@ import lz4.block
 
 from .. import tracing
 from ..errors import (BadImage, EnvironmentProblem, Interrupted, RestoreFailed, UmigError)
-from ..fdtable import ResumeFds
+from ..fdtable import Epoll, ResumeFds
 from ..image import schema
 from ..image.stream import ImageReader, decode_pages
 from ..critical import critical
@@ -441,6 +441,7 @@ class _Proc:
     vmas: list = field(default_factory=list)
     plan_addr: int = 0
     child: Child | None = None
+    epitems: list = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -532,6 +533,7 @@ def _fill_plan(pr: _Proc, p, fds: ResumeFds, opts: ResumeOptions) -> list[dict]:
     p.aux_hi = max(fds.opened)
     p.nvmas = len(pr.vmas)
     p.ndiscards = len(_discards(img))
+    p.nepitems = len(pr.epitems)
     p.set_mm = 1
     p.vdso_addr = pr.vdso_addr
     mm = img.mm
@@ -579,6 +581,21 @@ def _fill_plan(pr: _Proc, p, fds: ResumeFds, opts: ResumeOptions) -> list[dict]:
         p.creds.cap_bnd, p.creds.cap_amb = c["cap_bnd"], c["cap_amb"]
         p.creds.securebits = c["securebits"]
     return pending
+
+
+def _epitems(img, done: set[int]) -> list[dict]:
+    """The watches of the process's epoll fds, to add in the restorer; an
+    epoll several processes share (one description, `desc`) gets its
+    watches once, from the first of them."""
+    out = []
+    for rec in img.fds:
+        if rec["kind"] != Epoll.name or (rec["desc"] and rec["desc"] in done):
+            continue
+        if rec["desc"]:
+            done.add(rec["desc"])
+        out += [{"epfd": rec["fd"], "tfd": tfd, "events": events, "pad": 0, "data": data}
+                for tfd, events, data, _ino in Epoll.watches(rec)]
+    return out
 
 
 def _discards(img) -> list[dict]:
@@ -648,8 +665,10 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
     ns_init = 0
     try:
         shm = _shared_memory(loaded, fds)
+        epolls: set[int] = set()
         for pr in procs:
             _open_fds(pr, fds, shm, opts)
+            pr.epitems = _epitems(pr.img, epolls)
         keep, use_ns = _choose_ids(loaded, opts.pid_mode, opts.pidns)
         sessions = _sessions(procs, opts.warn)
 
@@ -692,7 +711,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                 {"fds": ("struct umig_fdmap", pr.fdmap), "vmas": ("struct umig_vma", pr.vmas),
                  "pending": ("struct umig_pending", pending),
                  "children": ("struct umig_child", kids + zombies),
-                 "discards": ("struct umig_discard", _discards(img))},
+                 "discards": ("struct umig_discard", _discards(img)),
+                 "epitems": ("struct umig_epitem", pr.epitems)},
                 img.thread, img.threads[1:], keep, loaded.header["xcr0"],
                 img.sigactions["actions"], [x["sig"] for x in img.pending["signals"]])
 

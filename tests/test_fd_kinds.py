@@ -1,0 +1,40 @@
+"""File descriptor kinds beyond files (issue 4): each is grabbed with its
+state and the resumed process uses it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from conftest import read_lines, run_umig, wait_for, wait_lines
+
+
+def test_event_fds_keep_their_state_and_epoll_its_watches(victim, procs, tmp_path):
+    """GIVEN eventfds (a counter at 8, a semaphore at 3), timerfds (ticking
+    every 100 ms, one fired and unread, one on the wall clock at an absolute
+    time), a signalfd for SIGUSR2, epolls watching them (edge-triggered,
+    nested) and a thread blocked in epoll_wait
+    WHEN grabbed and resumed (then SIGUSR2, to be read through the signalfd)
+    THEN the counter reads 8, the semaphore three times 1, the fired timer
+    one expiration, the ticking timer ticks, the wall timer fires at its
+    date and not before, every epoll reports its fds with their data, the
+    signalfd gives SIGUSR2 and the blocked thread wakes with its event:
+    the program says PASS."""
+    out = tmp_path / "out"
+    src = procs.start([victim("eventfds", "-pthread")], stdout=out.open("w"))
+    wait_lines(out, 1)
+    deadline_ns = int(read_lines(out)[0].split()[1])
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    assert time.time_ns() < deadline_ns, "the wall timer fired before the resume: too slow"
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt(int(r.stdout.split()[-1]))
+    os.kill(pid, signal.SIGUSR2)
+    time.sleep(0.05)
+    os.kill(pid, signal.SIGUSR1)
+    result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                   None), 20, "PASS or FAIL")
+    assert result == "PASS", read_lines(out)
