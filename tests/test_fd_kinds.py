@@ -38,3 +38,25 @@ def test_event_fds_keep_their_state_and_epoll_its_watches(victim, procs, tmp_pat
     result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
                                    None), 20, "PASS or FAIL")
     assert result == "PASS", read_lines(out)
+
+
+def test_memfd_keeps_contents_seals_and_its_shared_mapping(victim, procs, tmp_path):
+    """GIVEN a memfd with contents, an offset, SHRINK|GROW seals, also mapped
+    shared (bytes written through the mapping)
+    WHEN grabbed and resumed
+    THEN it has its name, offset, contents and seals, growing it fails, and
+    the mapping and the fd are still one object (a write through either is
+    seen through the other): PASS."""
+    out = tmp_path / "out"
+    src = procs.start([victim("memfd")], stdout=out.open("w"))
+    wait_lines(out, 1)
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt(int(r.stdout.split()[-1]))
+    os.kill(pid, signal.SIGUSR1)
+    result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                   None), 20, "PASS or FAIL")
+    assert result == "PASS", read_lines(out)

@@ -355,9 +355,68 @@ class Epoll(_AnonKind):
         return list(cls.ITEM.iter_unpack(rec["state"]))
 
 
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
+MEMFD_MAX = 64 << 20          # bytes of memfd content an image carries
+
+
+class MemFd(FdKind):
+    """A memfd: its name, contents (up to MEMFD_MAX) and seals, remade with
+    memfd_create.  state = <I seals> + the contents.  Where the process also
+    maps it shared, resume maps the new memfd there (one object again)."""
+    name = "memfd"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return stat.S_ISREG(info.st.st_mode) and info.target.startswith("/memfd:")
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        from .native import syscall
+        rec = super().describe(pid, info)
+        size = info.st.st_size
+        if size > MEMFD_MAX:
+            raise Refused(f"process {pid} fd {info.fd} is {info.target}, {size >> 20} MiB; "
+                          f"umig carries memfd contents up to {MEMFD_MAX >> 20} MiB so far",
+                          pid=pid, fd=info.fd)
+        pidfd = os.pidfd_open(pid)
+        try:
+            fd = syscall(NR_pidfd_getfd, pidfd, info.fd, 0)
+        finally:
+            os.close(pidfd)
+        try:
+            seals = fcntl.fcntl(fd, F_GET_SEALS)
+            data = bytearray()
+            while len(data) < size:
+                chunk = os.pread(fd, min(size - len(data), 1 << 20), len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+        rec["state"] = struct.pack("<I", seals) + bytes(data)
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        name = rec["path"][len("/memfd:"):]
+        if name.endswith(" (deleted)"):
+            name = name[:-len(" (deleted)")]
+        seals = struct.unpack_from("<I", rec["state"])[0]
+        data = memoryview(rec["state"])[4:]
+        fd = os.memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)
+        view = data
+        while view:
+            view = view[os.pwrite(fd, view, len(data) - len(view)):]
+        if seals:
+            fcntl.fcntl(fd, F_ADD_SEALS, seals)
+        os.lseek(fd, rec["pos"], os.SEEK_SET)
+        return fd
+
+
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
-    Stdio, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd, TimerFd, SignalFd,
-    Epoll)}
+    Stdio, MemFd, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd, TimerFd,
+    SignalFd, Epoll)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:
@@ -391,7 +450,8 @@ def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
         for rec in fds:
             rec.setdefault("desc", 0)
             if rec["kind"] in (RegularFile.name, Directory.name, SimpleDevice.name,
-                               EventFd.name, TimerFd.name, SignalFd.name, Epoll.name):
+                               EventFd.name, TimerFd.name, SignalFd.name, Epoll.name,
+                               MemFd.name):
                 groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
     next_id = 1
     for group in groups.values():
@@ -589,6 +649,7 @@ class ResumeFds:
         self.pipes = pipes or {}                 # PIPE records by ino
         self._pipe_ends: dict[int, tuple[int, int]] = {}
         self._descs: dict[int, int] = {}          # desc -> our fd
+        self.memfds: dict[int, int] = {}          # ino of a memfd -> our new memfd
 
     def pipe_ends(self, ino: int, fd: int) -> tuple[int, int]:
         """(read, write) of the new pipe standing for pipe:[ino], made on
@@ -649,9 +710,13 @@ class ResumeFds:
         desc = rec.get("desc", 0)
         if desc and desc in self._descs:
             return self._descs[desc]
+        if kind is MemFd and rec["ino"] in self.memfds:
+            return self.memfds[rec["ino"]]       # the same memfd at another fd
         fd = self.keep(kind.recreate(rec, self))
         if desc:
             self._descs[desc] = fd
+        if kind is MemFd:
+            self.memfds[rec["ino"]] = fd
         return fd
 
     def close(self) -> None:

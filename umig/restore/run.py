@@ -470,8 +470,9 @@ def _pick_vdso(pr: _Proc, spans: list, opts: ResumeOptions) -> str:
 
 
 def _shared_memory(loaded: Loaded, fds: ResumeFds) -> dict[int, int]:
-    """A memfd for each shared anonymous object that several VMAs map (in
-    one process or several): one object, as it was.  {ino: fd}."""
+    """The object behind each shared memory mapping several VMAs map (in one
+    process or several) or an fd names (a memfd): the memfd recreated for
+    that fd, else a new memfd, so it is one object again.  {ino: fd}."""
     uses: dict[int, list[dict]] = {}
     for img in loaded.images:
         for v in img.vmas:
@@ -479,6 +480,9 @@ def _shared_memory(loaded: Loaded, fds: ResumeFds) -> dict[int, int]:
                 uses.setdefault(v["ino"], []).append(v)
     out = {}
     for ino, vs in uses.items():
+        if ino in fds.memfds:
+            out[ino] = fds.memfds[ino]
+            continue
         if len(vs) < 2:
             continue
         fd = os.memfd_create("umig-shm", os.MFD_CLOEXEC)
@@ -487,17 +491,21 @@ def _shared_memory(loaded: Loaded, fds: ResumeFds) -> dict[int, int]:
     return out
 
 
-def _open_fds(pr: _Proc, fds: ResumeFds, shm: dict, opts: ResumeOptions) -> None:
-    """Everything of pr's the resuming umig opens for it: its fds, the files
-    it maps, its cwd and exe."""
-    img = pr.img
-    for rec in img.fds:
+def _open_fds(pr: _Proc, fds: ResumeFds, opts: ResumeOptions) -> None:
+    """pr's fds, made in the resuming umig."""
+    for rec in pr.img.fds:
         if rec["fd"] == 0 and opts.image_on_stdin and rec["kind"] == "stdio":
             src = fds.keep(os.open("/dev/null", os.O_RDONLY))
         else:
             src = fds.recreate(rec)
         pr.fdmap.append({"src": src, "dst": rec["fd"], "cloexec": rec["cloexec"], "pad": 0})
     pr.fdmap.sort(key=lambda f: f["dst"])
+
+
+def _open_maps(pr: _Proc, fds: ResumeFds, shm: dict, opts: ResumeOptions) -> None:
+    """What else the resuming umig opens for pr: the files it maps, its cwd
+    and exe; and its VMAs' plan."""
+    img = pr.img
     pr.map_fds = _open_mapped(img, fds)
     try:
         pr.cwd_fd = fds.keep(os.open(img.process["cwd"], os.O_RDONLY | os.O_DIRECTORY))
@@ -664,11 +672,13 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
     region_mapped = 0
     ns_init = 0
     try:
-        shm = _shared_memory(loaded, fds)
         epolls: set[int] = set()
         for pr in procs:
-            _open_fds(pr, fds, shm, opts)
+            _open_fds(pr, fds, opts)
             pr.epitems = _epitems(pr.img, epolls)
+        shm = _shared_memory(loaded, fds)
+        for pr in procs:
+            _open_maps(pr, fds, shm, opts)
         keep, use_ns = _choose_ids(loaded, opts.pid_mode, opts.pidns)
         sessions = _sessions(procs, opts.warn)
 
