@@ -8,6 +8,7 @@ import signal
 import time
 
 from conftest import read_lines, run_umig, wait_for, wait_lines
+from umig.errors import Exit
 
 
 def test_event_fds_keep_their_state_and_epoll_its_watches(victim, procs, tmp_path):
@@ -60,3 +61,42 @@ def test_memfd_keeps_contents_seals_and_its_shared_mapping(victim, procs, tmp_pa
     result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
                                    None), 20, "PASS or FAIL")
     assert result == "PASS", read_lines(out)
+
+
+def test_file_deleted_while_open_comes_back_unlinked_with_its_bytes(victim, procs, tmp_path):
+    """GIVEN a 200 KiB file deleted while open read-write (offset 1000) and
+    read-only
+    WHEN grabbed and resumed
+    THEN both fds are one unlinked file again with every byte, the offset,
+    writes through one seen through the other, the read-only one still
+    read-only: PASS."""
+    out = tmp_path / "out"
+    src = procs.start([victim("deleted"), tmp_path, "204800"], stdout=out.open("w"))
+    wait_lines(out, 1)
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    assert not (tmp_path / "scratch").exists()
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt(int(r.stdout.split()[-1]))
+    os.kill(pid, signal.SIGUSR1)
+    result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                   None), 20, "PASS or FAIL")
+    assert result == "PASS", read_lines(out)
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_deleted_file_over_the_limit_is_refused_naming_the_option(victim, procs, tmp_path):
+    """GIVEN a 2 MiB file deleted while open WHEN grabbed with
+    --max-contents-mib 1 THEN refused naming the fd, its size and the option
+    that raises the limit; the process runs on."""
+    out = tmp_path / "out"
+    src = procs.start([victim("deleted"), tmp_path, str(2 << 20)], stdout=out.open("w"))
+    wait_lines(out, 1, timeout=30)
+    r = run_umig("grab", "--max-contents-mib", "1", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == Exit.REFUSED, r.stderr.decode()
+    msg = r.stderr.decode()
+    assert f"process {src.pid} fd 3 is {tmp_path}/scratch (deleted), {2 << 20} bytes" in msg
+    assert "umig grab --max-contents-mib 3" in msg
+    assert src.poll() is None and not (tmp_path / "img").exists()

@@ -875,7 +875,7 @@ class Member:
     cow: dict = field(default_factory=dict)    # inherited VMA start -> ranges to write
 
 
-def _read_member(t: Target, tree: bool) -> Member:
+def _read_member(t: Target, tree: bool, max_contents: int) -> Member:
     """Everything the image holds about one frozen process but its pages."""
     pid = t.pid
     status = procfs.parse_status(procfs.read(pid, "status"))
@@ -885,7 +885,7 @@ def _read_member(t: Target, tree: bool) -> Member:
     st = procfs.parse_stat(procfs.read(pid, "stat"))
     smaps = procfs.parse_smaps(procfs.read(pid, "smaps"))
     vmas = _vma_records(t, smaps)
-    fds = fdtable.describe_all(pid)
+    fds = fdtable.describe_all(pid, max_contents)
     fdtable.check_epolls(pid, fds)
     vdso = _vdso_record(t, smaps)
     timers = procfs.read(pid, "timers").strip() if os.path.exists(
@@ -1053,7 +1053,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
          interrupted: Callable[[], bool] = lambda: False,
          on_complete: Callable[[int], None] = lambda size: None,
          prepare: Callable[[int], None] = lambda estimate: None,
-         preread: str = "auto", tree: bool = False) -> GrabStats:
+         preread: str = "auto", tree: bool = False,
+         max_contents: int = fdtable.MAX_CONTENTS) -> GrabStats:
     """Write the image of process pid (with tree, of it and all its
     descendants) to out_fd; once it is complete (and on_complete(size),
     which puts a file image in place, succeeded) kill it (finish="kill"),
@@ -1061,7 +1062,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     gets an upper bound of the image size before the freeze (to preallocate
     a file).  preread: "on", "off" or "auto" (on for processes of
     precopy.MIN_RSS and more): read memory before the freeze (precopy.py;
-    not with tree)."""
+    not with tree).  max_contents: bytes of a deleted file's or memfd's
+    contents the image may carry per fd."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid, tree)
@@ -1109,10 +1111,11 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                 targets[p] = _refuse_early(p, True)
                 targets[p].pin_ok = False
                 _open_proc(targets[p])
-            members.append(_read_member(targets[p], tree))
+            members.append(_read_member(targets[p], tree, max_contents))
         zombies = [_zombie_record(z) for z in fr.zombies]
         pipes = fdtable.pipe_records([(m.t.pid, m.fds) for m in members])
         fdtable.share_descriptions([(m.t.pid, m.fds) for m in members])
+        fdtable.DeletedFile.once([(m.t.pid, m.fds) for m in members])
         _shared_once(members)
         _inherit(members)
         check()

@@ -75,7 +75,8 @@ def cmd_grab(args) -> int:
     try:
         stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
                              on_complete=out.commit, prepare=out.preallocate,
-                             preread=args.preread, tree=args.tree)
+                             preread=args.preread, tree=args.tree,
+                             max_contents=args.max_contents_mib << 20)
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise
@@ -185,6 +186,10 @@ def parser() -> argparse.ArgumentParser:
                         "what it does not write meanwhile (auto: from 16 MiB resident)")
     g.add_argument("--tree", action="store_true",
                    help="grab the process and all its descendants together")
+    g.add_argument("--max-contents-mib", type=int, default=16, metavar="MIB",
+                   help="carry the contents of files deleted while open and of memfds up "
+                        "to this size each (default 16; they are held in memory while "
+                        "grabbing)")
     g.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
     g.set_defaults(func=cmd_grab)
 

@@ -40,6 +40,7 @@ class FdInfo:
     pos: int
     fdinfo: dict = None        # /proc/PID/fdinfo/N, first value of each key
     raw: str = ""              # and as text (epoll lists one line per watch)
+    max_contents: int = 0      # bytes of a deleted file's or memfd's contents to carry
 
 
 class FdKind:
@@ -88,8 +89,9 @@ class RegularFile(FdKind):
     @classmethod
     def describe(cls, pid: int, info: FdInfo) -> dict:
         if info.target.endswith(" (deleted)"):
-            raise Refused(f"process {pid} fd {info.fd}: {info.target} was deleted while open; "
-                          f"deleted files are not supported yet", pid=pid, fd=info.fd)
+            raise Refused(f"process {pid} fd {info.fd}: {info.target} was removed from its "
+                          f"directory but is still linked elsewhere; umig cannot find it by "
+                          f"path", pid=pid, fd=info.fd)
         if not info.target.startswith("/"):
             raise Refused(f"process {pid} fd {info.fd}: {info.target} has no path umig can "
                           f"reopen", pid=pid, fd=info.fd)
@@ -355,13 +357,104 @@ class Epoll(_AnonKind):
         return list(cls.ITEM.iter_unpack(rec["state"]))
 
 
+class DeletedFile(FdKind):
+    """A regular file deleted while open: its contents go into the image
+    (state, up to --max-contents-mib) and resume makes an unlinked file
+    with them (O_TMPFILE, in the file's directory when it is there, else in
+    /tmp), opened with the original flags at the original offset."""
+    name = "deleted"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return stat.S_ISREG(info.st.st_mode) and info.target.endswith(" (deleted)") \
+            and info.target.startswith("/") and info.st.st_nlink == 0
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        rec = super().describe(pid, info)
+        size = info.st.st_size
+        if size > info.max_contents:
+            raise _too_big(pid, info)
+        rec["state"] = _contents(pid, info.fd, size)
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        key = (rec["dev"], rec["ino"])
+        tmp = ctx.deleted.get(key)
+        if tmp is None:          # the first fd of this file: make it
+            path = rec["path"][:-len(" (deleted)")]
+            where = os.path.dirname(path)
+            if not os.path.isdir(where):
+                where = "/tmp"
+            try:
+                made = os.open(where, os.O_TMPFILE | os.O_RDWR | O_CLOEXEC,
+                               rec["mode"] & 0o7777)
+            except OSError:
+                made = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | O_CLOEXEC,
+                               rec["mode"] & 0o7777)
+            tmp = ctx.deleted[key] = ctx.keep(made)
+            data = memoryview(rec["state"])
+            while data:
+                data = data[os.write(tmp, data):]
+        # the original's access mode and flags: open it again through /proc
+        fd = os.open(f"/proc/self/fd/{tmp}", (rec["flags"] & ~_OPEN_ONLY) | O_CLOEXEC)
+        if not rec["flags"] & O_APPEND:
+            os.lseek(fd, rec["pos"], os.SEEK_SET)
+        return fd
+
+    @staticmethod
+    def once(members: list[tuple[int, list[dict]]]) -> None:
+        """A deleted file open at several fds carries its bytes once, with
+        the first (resume makes the file for it and opens it for the rest)."""
+        seen: set[tuple[int, int]] = set()
+        for _pid, fds in members:
+            for rec in fds:
+                if rec["kind"] == DeletedFile.name:
+                    key = (rec["dev"], rec["ino"])
+                    if key in seen:
+                        rec["state"] = b""
+                    seen.add(key)
+
+
+def _too_big(pid: int, info: FdInfo) -> Refused:
+    size = info.st.st_size
+    return Refused(f"process {pid} fd {info.fd} is {info.target}, {size} bytes, more than the "
+                   f"{info.max_contents >> 20} MiB of contents umig carries for deleted files "
+                   f"and memfds (they are held in memory while grabbing)", pid=pid, fd=info.fd,
+                   hint=f"raise it: umig grab --max-contents-mib {(size >> 20) + 1}")
+
+
+def _contents(pid: int, fd: int, size: int) -> bytes:
+    """The bytes of pid's fd (its file, from the start), taken with pidfd_getfd."""
+    from .native import syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        ours = syscall(NR_pidfd_getfd, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    try:
+        data = bytearray()
+        while len(data) < size:
+            chunk = os.pread(ours, min(size - len(data), 1 << 20), len(data))
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+    except OSError as e:
+        raise UmigError(f"process {pid} fd {fd}: reading it failed: {e.strerror}", pid=pid,
+                        fd=fd) from e
+    finally:
+        os.close(ours)
+
+
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
-MEMFD_MAX = 64 << 20          # bytes of memfd content an image carries
+MAX_CONTENTS = 16 << 20       # default bytes of a deleted file or memfd an image carries
 
 
 class MemFd(FdKind):
-    """A memfd: its name, contents (up to MEMFD_MAX) and seals, remade with
+    """A memfd: its name, contents (up to --max-contents-mib) and seals, remade with
     memfd_create.  state = <I seals> + the contents.  Where the process also
     maps it shared, resume maps the new memfd there (one object again)."""
     name = "memfd"
@@ -375,10 +468,8 @@ class MemFd(FdKind):
         from .native import syscall
         rec = super().describe(pid, info)
         size = info.st.st_size
-        if size > MEMFD_MAX:
-            raise Refused(f"process {pid} fd {info.fd} is {info.target}, {size >> 20} MiB; "
-                          f"umig carries memfd contents up to {MEMFD_MAX >> 20} MiB so far",
-                          pid=pid, fd=info.fd)
+        if size > info.max_contents:
+            raise _too_big(pid, info)
         pidfd = os.pidfd_open(pid)
         try:
             fd = syscall(NR_pidfd_getfd, pidfd, info.fd, 0)
@@ -386,15 +477,9 @@ class MemFd(FdKind):
             os.close(pidfd)
         try:
             seals = fcntl.fcntl(fd, F_GET_SEALS)
-            data = bytearray()
-            while len(data) < size:
-                chunk = os.pread(fd, min(size - len(data), 1 << 20), len(data))
-                if not chunk:
-                    break
-                data += chunk
         finally:
             os.close(fd)
-        rec["state"] = struct.pack("<I", seals) + bytes(data)
+        rec["state"] = struct.pack("<I", seals) + _contents(pid, info.fd, size)
         return rec
 
     @classmethod
@@ -415,8 +500,8 @@ class MemFd(FdKind):
 
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
-    Stdio, MemFd, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd, TimerFd,
-    SignalFd, Epoll)}
+    Stdio, MemFd, DeletedFile, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd,
+    TimerFd, SignalFd, Epoll)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:
@@ -618,9 +703,10 @@ def fd_info(pid: int, fd: int) -> FdInfo:
                   info, raw.decode("utf-8", "replace"))
 
 
-def describe_all(pid: int) -> list[dict]:
+def describe_all(pid: int, max_contents: int = MAX_CONTENTS) -> list[dict]:
     """FD records for every fd of the process; refuses the first one no
-    kind supports, before anything is written."""
+    kind supports, before anything is written.  max_contents: bytes of a
+    deleted file's or memfd's contents to carry at most."""
     try:
         fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
     except OSError as e:
@@ -628,6 +714,7 @@ def describe_all(pid: int) -> list[dict]:
     out = []
     for fd in fds:
         info = fd_info(pid, fd)
+        info.max_contents = max_contents
         for kind in KINDS.values():
             if kind.matches(info):
                 out.append(kind.describe(pid, info))
@@ -650,6 +737,7 @@ class ResumeFds:
         self._pipe_ends: dict[int, tuple[int, int]] = {}
         self._descs: dict[int, int] = {}          # desc -> our fd
         self.memfds: dict[int, int] = {}          # ino of a memfd -> our new memfd
+        self.deleted: dict[tuple, int] = {}       # (dev, ino) of a deleted file -> ours
 
     def pipe_ends(self, ino: int, fd: int) -> tuple[int, int]:
         """(read, write) of the new pipe standing for pipe:[ino], made on
