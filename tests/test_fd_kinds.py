@@ -100,3 +100,29 @@ def test_deleted_file_over_the_limit_is_refused_naming_the_option(victim, procs,
     assert f"process {src.pid} fd 3 is {tmp_path}/scratch (deleted), {2 << 20} bytes" in msg
     assert "umig grab --max-contents-mib 3" in msg
     assert src.poll() is None and not (tmp_path / "img").exists()
+
+
+def test_socketpairs_keep_queued_bytes_shutdowns_and_ends(procs, tmp_path):
+    """GIVEN python3 holding unix socketpairs: a stream pair with bytes
+    queued both ways, an empty datagram pair, one whose other end was
+    closed after sending, one shut down for writing
+    WHEN grabbed and resumed
+    THEN each end reads what was queued for it, in order, and the pairs go
+    on working; the closed one gives its last bytes then EOF; the shut down
+    one still reads EOF and refuses writes: PASS."""
+    import sys
+    from pathlib import Path
+    out = tmp_path / "out"
+    script = Path(__file__).parent / "victims" / "socketpairs.py"
+    src = procs.start([sys.executable, script], stdout=out.open("w"))
+    wait_lines(out, 1)
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt(int(r.stdout.split()[-1]))
+    os.kill(pid, signal.SIGUSR1)
+    result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                   None), 20, "PASS or FAIL")
+    assert result == "PASS", read_lines(out)

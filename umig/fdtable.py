@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import stat
 import struct
 import time
@@ -41,6 +42,7 @@ class FdInfo:
     fdinfo: dict = None        # /proc/PID/fdinfo/N, first value of each key
     raw: str = ""              # and as text (epoll lists one line per watch)
     max_contents: int = 0      # bytes of a deleted file's or memfd's contents to carry
+    diag: dict | None = None   # a unix socket's sock_diag answer
 
 
 class FdKind:
@@ -448,6 +450,144 @@ def _contents(pid: int, fd: int, size: int) -> bytes:
         os.close(ours)
 
 
+# sock_diag (NETLINK_SOCK_DIAG) for AF_UNIX
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN = 1, 4, 16
+UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 2, 4, 6
+TCP_ESTABLISHED = 1
+SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
+              socket.SOCK_SEQPACKET: "seqpacket"}
+
+
+def unix_diag(ino: int) -> dict | None:
+    """What the kernel says of the unix socket with this inode (type,
+    state, peer inode, bytes queued to read, shutdown bits, bound name), or
+    None if it is not a unix socket."""
+    req = struct.pack("=BBHIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino,
+                      UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN) \
+        + struct.pack("=II", 0xFFFFFFFF, 0xFFFFFFFF)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+        nl.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, 1, 1, 0) + req)
+        data = nl.recv(65536)
+    length, kind = struct.unpack_from("=IH", data)
+    if kind != SOCK_DIAG_BY_FAMILY:
+        return None                              # NLMSG_ERROR: no such unix socket
+    _fam, stype, state, _pad, got = struct.unpack_from("=BBBBI", data, 16)
+    out = {"type": stype, "state": state, "peer": 0, "rqueue": 0, "shutdown": 0,
+           "name": b""}
+    off = 16 + 16
+    while off + 4 <= length:
+        alen, atype = struct.unpack_from("=HH", data, off)
+        val = data[off + 4:off + alen]
+        if atype == UNIX_DIAG_PEER:
+            out["peer"] = struct.unpack_from("=I", val)[0]
+        elif atype == UNIX_DIAG_RQLEN:
+            out["rqueue"] = struct.unpack_from("=I", val)[0]
+        elif atype == UNIX_DIAG_SHUTDOWN:
+            out["shutdown"] = val[0]
+        elif atype == UNIX_DIAG_NAME:
+            out["name"] = bytes(val)
+        off += (alen + 3) & ~3
+    return out if got == ino else None
+
+
+class UnixPair(FdKind):
+    """An end of a connected, unnamed unix socket pair (socketpair) whose
+    other end the grabbed processes hold too, or that nobody holds any
+    more.  state = <I type, I shutdown, Q peer ino> + the bytes queued for
+    it to read (stream sockets; read with MSG_PEEK, nothing consumed).
+    Resume makes one socketpair per pair and queues the bytes again."""
+    name = "unix"
+    HEAD = struct.Struct("<IIQ")
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        if not (stat.S_ISSOCK(info.st.st_mode) and info.target.startswith("socket:[")):
+            return False
+        info.diag = unix_diag(info.st.st_ino)
+        return info.diag is not None
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        d, fd = info.diag, info.fd
+        kind = f"unix {SOCK_TYPES.get(d['type'], d['type'])}"
+        if d["name"] or d["state"] != TCP_ESTABLISHED or d["type"] not in SOCK_TYPES:
+            what = "listening" if d["state"] == 10 else "named" if d["name"] else "unconnected"
+            raise Refused(f"process {pid} fd {fd} is a socket ({kind}, {what}, "
+                          f"{info.target}): umig moves socketpairs only so far", pid=pid, fd=fd)
+        rec = super().describe(pid, info)
+        data = b""
+        if d["rqueue"]:
+            if d["type"] != socket.SOCK_STREAM:
+                raise Refused(f"process {pid} fd {fd} is a socket ({kind}, {info.target}) "
+                              f"with messages queued; umig carries queued bytes of stream "
+                              f"sockets only so far", pid=pid, fd=fd,
+                              hint="let the program read them first")
+            data = _peek(pid, fd, d["rqueue"], info.target)
+        rec["state"] = cls.HEAD.pack(d["type"], d["shutdown"], d["peer"]) + data
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        stype, shut, peer = cls.HEAD.unpack_from(rec["state"])
+        mine = ctx.unix_end(rec["ino"], peer, stype, rec["fd"])
+        fd = os.dup(mine)
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        return fd
+
+
+def _peek(pid: int, fd: int, size: int, target: str) -> bytes:
+    """The bytes queued on pid's unix stream socket fd, peeked (not
+    consumed); refuses fds or credentials in flight."""
+    from .native import syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        ours = syscall(NR_pidfd_getfd, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    try:
+        s = socket.socket(fileno=ours)
+        try:
+            data, anc, _flags, _addr = s.recvmsg(size, socket.CMSG_SPACE(253 * 4),
+                                                 socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        finally:
+            s.detach()
+        for level, typ, cdata in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                for k in range(0, len(cdata) - len(cdata) % 4, 4):
+                    os.close(struct.unpack_from("i", cdata, k)[0])   # peeking installed them
+            raise Refused(f"process {pid} fd {fd} is a socket ({target}) with file "
+                          f"descriptors or credentials in flight; umig cannot carry those yet",
+                          pid=pid, fd=fd, hint="let the program read them first")
+        if len(data) != size:
+            raise UmigError(f"process {pid} fd {fd}: peeked {len(data)} of the {size} bytes "
+                            f"queued on {target}", pid=pid, fd=fd)
+        return data
+    finally:
+        os.close(ours)
+
+
+def check_socketpairs(members: list[tuple[int, list[dict]]]) -> None:
+    """Refuse a socketpair end whose peer a process outside holds."""
+    ends = {rec["ino"]: (pid, rec) for pid, fds in members for rec in fds
+            if rec["kind"] == UnixPair.name}
+    lonely = {UnixPair.HEAD.unpack_from(rec["state"])[2]: (pid, rec)
+              for pid, rec in ends.values()
+              if UnixPair.HEAD.unpack_from(rec["state"])[2] not in ends}
+    lonely.pop(0, None)
+    if not lonely:
+        return
+    outside = _holders(set(lonely), {pid for pid, _ in members}, "socket")
+    for peer, (opid, ofd) in outside.items():
+        pid, rec = lonely[peer]
+        raise Refused(f"process {pid} fd {rec['fd']} is a socket ({rec['path']}) connected to "
+                      f"socket:[{peer}], which is held outside the grabbed process"
+                      f"{'es' if len(members) > 1 else ''} (by process {opid} fd {ofd})",
+                      pid=pid, fd=rec["fd"], hint="grab the process at the other end with it "
+                                                  "(--tree), or close the socket")
+
+
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
 MAX_CONTENTS = 16 << 20       # default bytes of a deleted file or memfd an image carries
@@ -501,7 +641,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd,
-    TimerFd, SignalFd, Epoll)}
+    TimerFd, SignalFd, Epoll, UnixPair)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:
@@ -536,7 +676,7 @@ def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
             rec.setdefault("desc", 0)
             if rec["kind"] in (RegularFile.name, Directory.name, SimpleDevice.name,
                                EventFd.name, TimerFd.name, SignalFd.name, Epoll.name,
-                               MemFd.name):
+                               MemFd.name, DeletedFile.name, UnixPair.name):
                 groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
     next_id = 1
     for group in groups.values():
@@ -600,10 +740,12 @@ def pipe_records(members: list[tuple[int, list[dict]]]) -> list[dict]:
     return out
 
 
-def _holders(inos: set[int], members: set[int]) -> dict[int, tuple[int, int]]:
+def _holders(inos: set[int], members: set[int], what: str = "pipe"
+             ) -> dict[int, tuple[int, int]]:
     """{ino: (pid, fd)} of a process outside `members` holding one of these
-    pipes (as far as /proc lets us see: a plain user sees only their own)."""
-    want = {f"pipe:[{ino}]": ino for ino in inos}
+    pipes (or sockets) (as far as /proc lets us see: a plain user sees only
+    their own)."""
+    want = {f"{what}:[{ino}]": ino for ino in inos}
     out: dict[int, tuple[int, int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in members:
@@ -738,6 +880,38 @@ class ResumeFds:
         self._descs: dict[int, int] = {}          # desc -> our fd
         self.memfds: dict[int, int] = {}          # ino of a memfd -> our new memfd
         self.deleted: dict[tuple, int] = {}       # (dev, ino) of a deleted file -> ours
+        self._unix: dict[int, int] = {}           # socket ino -> our end of a new pair
+
+    def unix_end(self, ino: int, peer: int, stype: int, fd: int) -> int:
+        """Our end standing for unix socket ino of a pair (made with its peer's
+        on first use, with the bytes each had queued to read)."""
+        if ino in self._unix:
+            return self._unix[ino]
+        a, b = socket.socketpair(socket.AF_UNIX, stype | socket.SOCK_CLOEXEC)
+        self._unix[ino] = self.keep(a.detach())
+        self._unix[peer or -ino] = self.keep(b.detach())
+        return self._unix[ino]
+
+    def unix_fill(self, fds: list[dict]) -> None:
+        """Once every end is made: queue each end's bytes through its peer,
+        shut down what was shut down, and close ends nobody holds."""
+        held = {rec["ino"] for rec in fds if rec["kind"] == UnixPair.name}
+        ends = {rec["ino"]: UnixPair.HEAD.unpack_from(rec["state"]) + (rec,) for rec in fds
+                if rec["kind"] == UnixPair.name}
+        for ino, (_stype, _shut, peer, rec) in ends.items():       # the bytes first ...
+            data = memoryview(rec["state"])[UnixPair.HEAD.size:]
+            other = self._unix[peer or -ino]
+            while data:
+                data = data[os.write(other, data):]
+        for ino, (_stype, shut, peer, _rec) in ends.items():        # ... then shutdowns
+            how = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}.get(shut)
+            if how is not None:
+                with socket.socket(fileno=os.dup(self._unix[ino])) as s:
+                    s.shutdown(how)
+            if peer not in held:          # the other end is gone: readers see the end
+                other = self._unix[peer or -ino]
+                self.opened.remove(other)
+                os.close(other)
 
     def pipe_ends(self, ino: int, fd: int) -> tuple[int, int]:
         """(read, write) of the new pipe standing for pipe:[ino], made on

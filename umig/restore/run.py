@@ -676,6 +676,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         for pr in procs:
             _open_fds(pr, fds, opts)
             pr.epitems = _epitems(pr.img, epolls)
+        fds.unix_fill([rec for pr in procs for rec in pr.img.fds])
         shm = _shared_memory(loaded, fds)
         for pr in procs:
             _open_maps(pr, fds, shm, opts)
