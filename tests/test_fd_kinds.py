@@ -5,10 +5,33 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 from conftest import read_lines, run_umig, wait_for, wait_lines
 from umig.errors import Exit
+
+
+def moved(procs, tmp_path, argv, *before_go: int) -> int:
+    """Start argv (output in tmp_path/out), wait for its "ready", grab it,
+    resume it; send it the signals in before_go, then SIGUSR1; returns the
+    line it ends with (PASS or FAIL ...)."""
+    out = tmp_path / "out"
+    src = procs.start(argv, stdout=out.open("w"))
+    wait_lines(out, 1, timeout=30)
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt(int(r.stdout.split()[-1]))
+    for sig in before_go:
+        os.kill(pid, sig)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGUSR1)
+    return wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                 None), 20, "PASS or FAIL")
 
 
 def test_event_fds_keep_their_state_and_epoll_its_watches(victim, procs, tmp_path):
@@ -48,19 +71,7 @@ def test_memfd_keeps_contents_seals_and_its_shared_mapping(victim, procs, tmp_pa
     THEN it has its name, offset, contents and seals, growing it fails, and
     the mapping and the fd are still one object (a write through either is
     seen through the other): PASS."""
-    out = tmp_path / "out"
-    src = procs.start([victim("memfd")], stdout=out.open("w"))
-    wait_lines(out, 1)
-    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
-    assert r.returncode == 0, r.stderr.decode()
-    src.wait(timeout=5)
-    r = run_umig("resume", "--detach", str(tmp_path / "img"))
-    assert r.returncode == 0, r.stderr.decode()
-    pid = procs.adopt(int(r.stdout.split()[-1]))
-    os.kill(pid, signal.SIGUSR1)
-    result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
-                                   None), 20, "PASS or FAIL")
-    assert result == "PASS", read_lines(out)
+    assert moved(procs, tmp_path, [victim("memfd")]) == "PASS", read_lines(tmp_path / "out")
 
 
 def test_file_deleted_while_open_comes_back_unlinked_with_its_bytes(victim, procs, tmp_path):
@@ -70,20 +81,8 @@ def test_file_deleted_while_open_comes_back_unlinked_with_its_bytes(victim, proc
     THEN both fds are one unlinked file again with every byte, the offset,
     writes through one seen through the other, the read-only one still
     read-only: PASS."""
-    out = tmp_path / "out"
-    src = procs.start([victim("deleted"), tmp_path, "204800"], stdout=out.open("w"))
-    wait_lines(out, 1)
-    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
-    assert r.returncode == 0, r.stderr.decode()
-    src.wait(timeout=5)
-    assert not (tmp_path / "scratch").exists()
-    r = run_umig("resume", "--detach", str(tmp_path / "img"))
-    assert r.returncode == 0, r.stderr.decode()
-    pid = procs.adopt(int(r.stdout.split()[-1]))
-    os.kill(pid, signal.SIGUSR1)
-    result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
-                                   None), 20, "PASS or FAIL")
-    assert result == "PASS", read_lines(out)
+    assert moved(procs, tmp_path, [victim("deleted"), tmp_path, "204800"]) == "PASS", \
+        read_lines(tmp_path / "out")
     assert not (tmp_path / "scratch").exists()
 
 
@@ -110,19 +109,6 @@ def test_socketpairs_keep_queued_bytes_shutdowns_and_ends(procs, tmp_path):
     THEN each end reads what was queued for it, in order, and the pairs go
     on working; the closed one gives its last bytes then EOF; the shut down
     one still reads EOF and refuses writes: PASS."""
-    import sys
-    from pathlib import Path
-    out = tmp_path / "out"
     script = Path(__file__).parent / "victims" / "socketpairs.py"
-    src = procs.start([sys.executable, script], stdout=out.open("w"))
-    wait_lines(out, 1)
-    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
-    assert r.returncode == 0, r.stderr.decode()
-    src.wait(timeout=5)
-    r = run_umig("resume", "--detach", str(tmp_path / "img"))
-    assert r.returncode == 0, r.stderr.decode()
-    pid = procs.adopt(int(r.stdout.split()[-1]))
-    os.kill(pid, signal.SIGUSR1)
-    result = wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
-                                   None), 20, "PASS or FAIL")
-    assert result == "PASS", read_lines(out)
+    assert moved(procs, tmp_path, [sys.executable, script]) == "PASS", \
+        read_lines(tmp_path / "out")

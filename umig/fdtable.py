@@ -45,6 +45,20 @@ class FdInfo:
     diag: dict | None = None   # a unix socket's sock_diag answer
 
 
+NR_pidfd_getfd = 438
+
+
+def take_fd(pid: int, fd: int) -> int:
+    """A duplicate, in umig, of pid's fd (pidfd_getfd): the same open file
+    description, to look at without changing the process."""
+    from .native import syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        return syscall(NR_pidfd_getfd, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+
+
 class FdKind:
     name = ""
 
@@ -183,7 +197,7 @@ class Terminal(FdKind):
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 PIPE_READ, PIPE_WRITE = 1, 2          # PIPE.ends: the ends some process still holds
 FIONREAD = 0x541B
-NR_tee, NR_pidfd_getfd = 276, 438
+NR_tee = 276
 SPLICE_F_NONBLOCK = 2
 
 
@@ -429,12 +443,7 @@ def _too_big(pid: int, info: FdInfo) -> Refused:
 
 def _contents(pid: int, fd: int, size: int) -> bytes:
     """The bytes of pid's fd (its file, from the start), taken with pidfd_getfd."""
-    from .native import syscall
-    pidfd = os.pidfd_open(pid)
-    try:
-        ours = syscall(NR_pidfd_getfd, pidfd, fd, 0)
-    finally:
-        os.close(pidfd)
+    ours = take_fd(pid, fd)
     try:
         data = bytearray()
         while len(data) < size:
@@ -540,12 +549,7 @@ class UnixPair(FdKind):
 def _peek(pid: int, fd: int, size: int, target: str) -> bytes:
     """The bytes queued on pid's unix stream socket fd, peeked (not
     consumed); refuses fds or credentials in flight."""
-    from .native import syscall
-    pidfd = os.pidfd_open(pid)
-    try:
-        ours = syscall(NR_pidfd_getfd, pidfd, fd, 0)
-    finally:
-        os.close(pidfd)
+    ours = take_fd(pid, fd)
     try:
         s = socket.socket(fileno=ours)
         try:
@@ -605,16 +609,11 @@ class MemFd(FdKind):
 
     @classmethod
     def describe(cls, pid: int, info: FdInfo) -> dict:
-        from .native import syscall
         rec = super().describe(pid, info)
         size = info.st.st_size
         if size > info.max_contents:
             raise _too_big(pid, info)
-        pidfd = os.pidfd_open(pid)
-        try:
-            fd = syscall(NR_pidfd_getfd, pidfd, info.fd, 0)
-        finally:
-            os.close(pidfd)
+        fd = take_fd(pid, info.fd)
         try:
             seals = fcntl.fcntl(fd, F_GET_SEALS)
         finally:
@@ -766,12 +765,7 @@ def _holders(inos: set[int], members: set[int], what: str = "pipe"
 
 
 def _pipe_size(pid: int, fd: int) -> int:
-    from .native import syscall
-    pidfd = os.pidfd_open(pid)
-    try:
-        src = syscall(NR_pidfd_getfd, pidfd, fd, 0)
-    finally:
-        os.close(pidfd)
+    src = take_fd(pid, fd)
     try:
         return fcntl.fcntl(src, F_GETPIPE_SZ)
     finally:
@@ -783,11 +777,7 @@ def _pipe_contents(pid: int, fd: int, ino: int) -> dict:
     duplicated with tee into a pipe of ours as big as it (one tee call:
     tee always starts at the head of the pipe)."""
     from .native import syscall
-    pidfd = os.pidfd_open(pid)
-    try:
-        src = syscall(NR_pidfd_getfd, pidfd, fd, 0)
-    finally:
-        os.close(pidfd)
+    src = take_fd(pid, fd)
     r = w = -1
     try:
         size = fcntl.fcntl(src, F_GETPIPE_SZ)
