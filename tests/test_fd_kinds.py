@@ -112,3 +112,56 @@ def test_socketpairs_keep_queued_bytes_shutdowns_and_ends(procs, tmp_path):
     script = Path(__file__).parent / "victims" / "socketpairs.py"
     assert moved(procs, tmp_path, [sys.executable, script]) == "PASS", \
         read_lines(tmp_path / "out")
+
+
+def test_tcp_listener_and_udp_socket_keep_address_port_and_options(procs, tmp_path):
+    """GIVEN python3 blocked in accept() on a TCP listener (SO_REUSEADDR,
+    TCP_NODELAY) and holding a bound UDP socket
+    WHEN grabbed and resumed
+    THEN a client connecting to the same port is accepted and served, a
+    datagram to the same UDP port is answered, and the options are set:
+    PASS."""
+    import socket
+    out = tmp_path / "out"
+    script = Path(__file__).parent / "victims" / "listener.py"
+    src = procs.start([sys.executable, script], stdout=out.open("w"))
+    _, tcp_port, udp_port = wait_lines(out, 1)[0].split()
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    procs.adopt(int(r.stdout.split()[-1]))
+    with socket.create_connection(("127.0.0.1", int(tcp_port)), timeout=10) as c:
+        c.sendall(b"ping")
+        assert c.recv(100) == b"pong ping"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.settimeout(10)
+        u.sendto(b"hi", ("127.0.0.1", int(udp_port)))
+        assert u.recvfrom(100)[0] == b"upong hi"
+    assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                 None), 20, "PASS or FAIL") == "PASS", read_lines(out)
+
+
+def test_established_tcp_connection_is_refused_by_name(procs, tmp_path):
+    """GIVEN python3 holding an established TCP connection WHEN grabbed THEN
+    refused naming the fd and both ends; it runs on."""
+    import socket
+    with socket.socket() as lsn:
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(1)
+        port = lsn.getsockname()[1]
+        code = (f"import socket, time\nc = socket.create_connection(('127.0.0.1', {port}))\n"
+                f"print('ready', c.fileno(), flush=True)\ntime.sleep(60)")
+        out = tmp_path / "out"
+        src = procs.start([sys.executable, "-c", code], stdout=out.open("w"))
+        fd = int(wait_lines(out, 1)[0].split()[1])
+        peer, _ = lsn.accept()
+        with peer:
+            r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+            assert r.returncode == Exit.REFUSED, r.stderr.decode()
+            msg = r.stderr.decode()
+            assert f"process {src.pid} fd {fd} is a socket" in msg
+            assert f"an established TCP connection 127.0.0.1:" in msg
+            assert f"-> 127.0.0.1:{port}" in msg
+            assert src.poll() is None

@@ -592,6 +592,130 @@ def check_socketpairs(members: list[tuple[int, list[dict]]]) -> None:
                                                   "(--tree), or close the socket")
 
 
+SOL_TCP, TCP_NODELAY = 6, 1
+INET_OPTIONS = (("reuseaddr", socket.SOL_SOCKET, socket.SO_REUSEADDR),
+                ("reuseport", socket.SOL_SOCKET, socket.SO_REUSEPORT),
+                ("keepalive", socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                ("broadcast", socket.SOL_SOCKET, socket.SO_BROADCAST))
+
+
+def _tcp_queue(ino: int) -> int | None:
+    """rx_queue of the TCP socket with this inode in /proc/net/tcp{,6}:
+    for a listener, the connections waiting to be accepted."""
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if int(parts[9]) == ino:
+                        return int(parts[4].split(":")[1], 16)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+class InetSocket(FdKind):
+    """A TCP listening socket, or a UDP socket (bound, connected), of IPv4
+    or IPv6: made again with the same address and port and the options
+    the program set (SO_REUSEADDR, SO_REUSEPORT, SO_KEEPALIVE,
+    SO_BROADCAST, TCP_NODELAY, IPV6_V6ONLY).  state = JSON of those.
+    Established TCP connections, connections waiting to be accepted and
+    queued datagrams are refused by name."""
+    name = "inet"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return stat.S_ISSOCK(info.st.st_mode) and info.target.startswith("socket:[") \
+            and info.diag is None
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        import json
+        fd = info.fd
+        ours = take_fd(pid, fd)
+        s = socket.socket(fileno=ours)
+        try:
+            family, stype = s.family, s.type
+            what = f"a socket ({info.target})"
+            if family not in (socket.AF_INET, socket.AF_INET6) or stype not in (
+                    socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                raise Refused(f"process {pid} fd {fd} is {what}, of family {family} type "
+                              f"{stype}: umig cannot move it yet", pid=pid, fd=fd)
+            proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+            st = {"family": int(family), "type": int(stype), "proto": proto,
+                  "listening": bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)),
+                  "bound": None, "peer": None}
+            for key, level, opt in INET_OPTIONS:
+                st[key] = s.getsockopt(level, opt)
+            if stype == socket.SOCK_STREAM:
+                st["nodelay"] = s.getsockopt(SOL_TCP, TCP_NODELAY)
+            if family == socket.AF_INET6:
+                st["v6only"] = s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            name = s.getsockname()
+            if name[1]:
+                st["bound"] = list(name[:2])
+            try:
+                st["peer"] = list(s.getpeername()[:2])
+            except OSError:
+                pass
+            kind = "TCP" if stype == socket.SOCK_STREAM else "UDP"
+            if stype == socket.SOCK_STREAM and st["peer"]:
+                raise Refused(f"process {pid} fd {fd} is {what}: an established TCP "
+                              f"connection {name[0]}:{name[1]} -> {st['peer'][0]}:"
+                              f"{st['peer'][1]}; umig cannot move established connections yet",
+                              pid=pid, fd=fd, hint="close it in the program, or wait for "
+                                                   "--tcp-established")
+            if st["listening"]:
+                waiting = _tcp_queue(info.st.st_ino)
+                if waiting:
+                    raise Refused(f"process {pid} fd {fd} is {what}: a TCP listener on "
+                                  f"{name[0]}:{name[1]} with {waiting} connection(s) waiting "
+                                  f"to be accepted, which would be lost", pid=pid, fd=fd,
+                                  hint="grab it again once they are accepted")
+            if stype == socket.SOCK_DGRAM:
+                queued = struct.unpack("i", fcntl.ioctl(ours, FIONREAD, b"\0" * 4))[0]
+                if queued:
+                    raise Refused(f"process {pid} fd {fd} is {what}: a {kind} socket with "
+                                  f"datagrams queued, which would be lost", pid=pid, fd=fd,
+                                  hint="let the program read them first")
+        finally:
+            s.close()
+        rec = super().describe(pid, info)
+        rec["state"] = json.dumps(st).encode()
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        import json
+        st = json.loads(rec["state"])
+        s = socket.socket(st["family"], st["type"] | socket.SOCK_CLOEXEC, st["proto"])
+        try:
+            for key, level, opt in INET_OPTIONS:
+                if st.get(key):
+                    s.setsockopt(level, opt, st[key])
+            if st.get("nodelay"):
+                s.setsockopt(SOL_TCP, TCP_NODELAY, st["nodelay"])
+            if "v6only" in st:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, st["v6only"])
+            where = f"{st['bound'][0]}:{st['bound'][1]}" if st["bound"] else ""
+            if st["bound"]:
+                s.bind(tuple(st["bound"]))
+            if st["listening"]:
+                s.listen(socket.SOMAXCONN)
+            if st["peer"]:
+                s.connect(tuple(st["peer"]))
+        except OSError as e:
+            s.close()
+            raise EnvironmentProblem(f"fd {rec['fd']}: cannot make its socket on {where} "
+                                     f"again: {e.strerror}", fd=rec["fd"],
+                                     hint="free that address and port here") from None
+        fd = s.detach()
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        return fd
+
+
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
 MAX_CONTENTS = 16 << 20       # default bytes of a deleted file or memfd an image carries
@@ -640,7 +764,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd,
-    TimerFd, SignalFd, Epoll, UnixPair)}
+    TimerFd, SignalFd, Epoll, UnixPair, InetSocket)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:

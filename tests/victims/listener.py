@@ -1,0 +1,24 @@
+"""A TCP listener (SO_REUSEADDR, TCP_NODELAY) blocked in accept() and a
+bound UDP socket, both on 127.0.0.1.  Prints "ready TCP_PORT UDP_PORT";
+serves one TCP client ("pong " + its line) and one datagram ("upong " +
+it), checks its options are still set, prints PASS or FAIL."""
+import socket
+import sys
+
+tcp = socket.socket()
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+tcp.bind(("127.0.0.1", 0))
+tcp.listen(8)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("127.0.0.1", 0))
+print("ready", tcp.getsockname()[1], udp.getsockname()[1], flush=True)
+conn, _ = tcp.accept()
+conn.sendall(b"pong " + conn.recv(100))
+data, addr = udp.recvfrom(100)
+udp.sendto(b"upong " + data, addr)
+if not tcp.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) or \
+        not tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+    print("FAIL options lost", flush=True)
+    sys.exit(1)
+print("PASS", flush=True)
