@@ -165,3 +165,31 @@ def test_established_tcp_connection_is_refused_by_name(procs, tmp_path):
             assert f"an established TCP connection 127.0.0.1:" in msg
             assert f"-> 127.0.0.1:{port}" in msg
             assert src.poll() is None
+
+
+def test_fifos_are_reopened_by_path_with_their_bytes_once(procs, tmp_path):
+    """GIVEN python3 holding both ends of FIFO `own` (bytes in it) and of
+    FIFO `shared`, which this test also holds open for writing (bytes in it)
+    WHEN grabbed and resumed
+    THEN `own` gives back its bytes (written back: nobody else held it),
+    `shared` gives its bytes exactly once (they stayed in the pipe the test
+    kept alive) and then what the test writes after the resume: PASS."""
+    out = tmp_path / "out"
+    script = Path(__file__).parent / "victims" / "fifos.py"
+    src = procs.start([sys.executable, script, tmp_path], stdout=out.open("w"))
+    wait_lines(out, 1)
+    outside = os.open(tmp_path / "shared", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+        assert r.returncode == 0, r.stderr.decode()
+        src.wait(timeout=5)
+        r = run_umig("resume", "--detach", str(tmp_path / "img"))
+        assert r.returncode == 0, r.stderr.decode()
+        pid = procs.adopt(int(r.stdout.split()[-1]))
+        os.kill(pid, signal.SIGUSR1)
+        os.write(outside, b"outside")
+        assert wait_for(lambda: next((x for x in read_lines(out)
+                                      if x.startswith(("PASS", "FAIL"))), None),
+                        20, "PASS or FAIL") == "PASS", read_lines(out)
+    finally:
+        os.close(outside)

@@ -1117,6 +1117,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         fdtable.share_descriptions([(m.t.pid, m.fds) for m in members])
         fdtable.DeletedFile.once([(m.t.pid, m.fds) for m in members])
         fdtable.check_socketpairs([(m.t.pid, m.fds) for m in members])
+        fdtable.Fifo.contents([(m.t.pid, m.fds) for m in members])
         _shared_once(members)
         _inherit(members)
         check()

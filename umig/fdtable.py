@@ -716,6 +716,79 @@ class InetSocket(FdKind):
         return fd
 
 
+class Fifo(FdKind):
+    """A named pipe, reopened by its path.  While a process outside the
+    grabbed ones holds it open, its buffer lives on in the kernel and
+    the resumed process finds it there; when the grabbed processes were
+    its only holders, the bytes in it (state) are written back."""
+    name = "fifo"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return stat.S_ISFIFO(info.st.st_mode) and info.target.startswith("/")
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        rec = super().describe(pid, info)
+        if info.target.endswith(" (deleted)"):
+            raise Refused(f"process {pid} fd {info.fd}: FIFO {info.target} was removed while "
+                          f"open; umig reopens FIFOs by path", pid=pid, fd=info.fd)
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        key = (rec["dev"], rec["ino"])
+        both = ctx.fifos.get(key)
+        if both is None:
+            # read-write: opens without waiting for the other side, and keeps
+            # the pipe (and the bytes written back) alive until the process has it
+            both = ctx.fifos[key] = ctx.keep(_open(rec["path"], {**rec, "flags": os.O_RDWR}))
+            data = memoryview(rec["state"])
+            while data:
+                data = data[os.write(both, data):]
+        fd = os.open(f"/proc/self/fd/{both}", (rec["flags"] & ~_OPEN_ONLY) | O_CLOEXEC
+                     | os.O_NONBLOCK)
+        if not rec["flags"] & os.O_NONBLOCK:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return fd
+
+    @staticmethod
+    def contents(members: list[tuple[int, list[dict]]]) -> None:
+        """The bytes of each FIFO only the grabbed processes hold, with its
+        first read end (tee: nothing consumed)."""
+        pids = {pid for pid, _ in members}
+        firsts: dict[tuple[int, int], tuple[int, dict]] = {}
+        readers: dict[tuple[int, int], tuple[int, int]] = {}
+        for pid, fds in members:
+            for rec in fds:
+                if rec["kind"] == Fifo.name:
+                    key = (rec["dev"], rec["ino"])
+                    firsts.setdefault(key, (pid, rec))
+                    if rec["flags"] & O_ACCMODE != os.O_WRONLY:
+                        readers.setdefault(key, (pid, rec["fd"]))
+        for key, (pid, rec) in firsts.items():
+            if key in readers and not _fifo_held_outside(key, pids):
+                rec["state"] = _pipe_contents(*readers[key], key[1])["data"]
+
+
+def _fifo_held_outside(key: tuple[int, int], members: set[int]) -> bool:
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in members:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{name}/fd/{fd}")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == key:
+                return True
+    return False
+
+
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
 MAX_CONTENTS = 16 << 20       # default bytes of a deleted file or memfd an image carries
@@ -764,7 +837,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd,
-    TimerFd, SignalFd, Epoll, UnixPair, InetSocket)}
+    TimerFd, SignalFd, Epoll, UnixPair, InetSocket, Fifo)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:
@@ -994,6 +1067,7 @@ class ResumeFds:
         self._descs: dict[int, int] = {}          # desc -> our fd
         self.memfds: dict[int, int] = {}          # ino of a memfd -> our new memfd
         self.deleted: dict[tuple, int] = {}       # (dev, ino) of a deleted file -> ours
+        self.fifos: dict[tuple, int] = {}         # (dev, ino) of a FIFO -> ours, read-write
         self._unix: dict[int, int] = {}           # socket ino -> our end of a new pair
 
     def unix_end(self, ino: int, peer: int, stype: int, fd: int) -> int:
