@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -224,3 +225,27 @@ def test_tracee_killed_mid_grab(counter, procs, tmp_path):
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+KINDS_REFUSED = {
+    "netlink": ("import socket\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)",
+                "a netlink socket"),
+    "pidfd": ("import os\ns = os.pidfd_open(os.getpid())", "a pidfd (anon_inode:[pidfd])"),
+    "inotify": ("import ctypes\ns = ctypes.CDLL(None).inotify_init1(0)",
+                "an inotify instance (anon_inode:inotify)"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS_REFUSED))
+def test_fd_kinds_umig_cannot_move_are_refused_by_name(procs, tmp_path, kind):
+    """GIVEN python3 holding a netlink socket, a pidfd or an inotify fd
+    WHEN grabbed THEN refused naming the fd and what it is; it runs on."""
+    setup, name = KINDS_REFUSED[kind]
+    code = f"{setup}\nimport time\nprint('ready', flush=True)\ntime.sleep(60)"
+    p = procs.start([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
+    assert r.returncode == Exit.REFUSED, r.stderr.decode()
+    assert f"process {p.pid} fd 3 is " in r.stderr.decode() and name in r.stderr.decode(), \
+        r.stderr.decode()
+    assert p.poll() is None and tracer(p.pid) == 0

@@ -640,8 +640,11 @@ class InetSocket(FdKind):
             what = f"a socket ({info.target})"
             if family not in (socket.AF_INET, socket.AF_INET6) or stype not in (
                     socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                raise Refused(f"process {pid} fd {fd} is {what}, of family {family} type "
-                              f"{stype}: umig cannot move it yet", pid=pid, fd=fd)
+                named = SOCKET_FAMILIES.get(family, f"of family {int(family)}")
+                raise Refused(f"process {pid} fd {fd} is {what}: {named} (type {int(stype)}); "
+                              f"umig cannot move this kind of fd yet", pid=pid, fd=fd,
+                              hint="close it in the program, or wait for a umig that "
+                                   "supports it")
             proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
             st = {"family": int(family), "type": int(stype), "proto": proto,
                   "listening": bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)),
@@ -1002,6 +1005,15 @@ def _pipe_contents(pid: int, fd: int, ino: int) -> dict:
                 os.close(x)
 
 
+ANON_NAMES = {"io_uring": "an io_uring instance", "perf_event": "a perf event",
+              "bpf-map": "a BPF map", "bpf-prog": "a BPF program", "bpf_link": "a BPF link",
+              "bpf": "a BPF object", "pidfd": "a pidfd", "fanotify": "a fanotify group",
+              "inotify": "an inotify instance", "userfaultfd": "a userfaultfd",
+              "kvm": "a KVM object", "dmabuf": "a DMA buffer"}
+SOCKET_FAMILIES = {socket.AF_NETLINK: "a netlink socket", socket.AF_PACKET: "a packet socket",
+                   socket.AF_UNIX: "a unix socket"}
+
+
 def _what(info: FdInfo) -> str:
     """A name for an fd umig does not support, for the refusal."""
     t = info.target
@@ -1010,7 +1022,10 @@ def _what(info: FdInfo) -> str:
     if t.startswith("pipe:"):
         return f"a pipe ({t})"
     if t.startswith("anon_inode:"):
-        return f"an {t[11:].strip('[]')} ({t})"
+        kind = t[11:].strip("[]")
+        name = ANON_NAMES.get(kind) or next(
+            (v for k, v in ANON_NAMES.items() if kind.startswith(k)), f"an {kind}")
+        return f"{name} ({t})"
     mode = info.st.st_mode
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return f"device {t} ({os.major(info.st.st_rdev)}:{os.minor(info.st.st_rdev)})"
