@@ -193,3 +193,66 @@ def test_fifos_are_reopened_by_path_with_their_bytes_once(procs, tmp_path):
                         20, "PASS or FAIL") == "PASS", read_lines(out)
     finally:
         os.close(outside)
+
+
+def _conflicts(path: Path, start: int, length: int) -> int | None:
+    """The pid holding a POSIX lock that a write lock on [start, +length)
+    of path would conflict with (F_GETLK), or None."""
+    import fcntl
+    import struct
+    fd = os.open(path, os.O_RDWR)
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, start,
+                                                         length, 0))
+        ltype, _, _, _, pid = struct.unpack("hhqqi", got)
+        return None if ltype == fcntl.F_UNLCK else pid
+    finally:
+        os.close(fd)
+
+
+def _flock_held(path: Path) -> bool:
+    import fcntl
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_file_locks_are_taken_again(procs, tmp_path):
+    """GIVEN python3 holding an exclusive flock, a POSIX write lock on bytes
+    10-19 and an OFD read lock from byte 100 on one file
+    WHEN grabbed and resumed
+    THEN seen from another process the flock is held again, the POSIX lock
+    is held by the resumed process on exactly those bytes, and a write lock
+    past byte 100 conflicts (the OFD lock)."""
+    import fcntl
+    import struct
+    out = tmp_path / "out"
+    script = Path(__file__).parent / "victims" / "locks.py"
+    src = procs.start([sys.executable, script, tmp_path], stdout=out.open("w"))
+    wait_lines(out, 1)
+    locked = tmp_path / "locked"
+    assert _flock_held(locked) and _conflicts(locked, 10, 10) == src.pid
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    assert not _flock_held(locked) and _conflicts(locked, 10, 10) is None
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt(int(r.stdout.split()[-1]))
+    assert _flock_held(locked)
+    assert _conflicts(locked, 10, 10) == pid
+    assert _conflicts(locked, 0, 10) is None and _conflicts(locked, 20, 10) is None
+    fd = os.open(locked, os.O_RDWR)
+    try:
+        try:
+            fcntl.fcntl(fd, 37, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 200, 1, 0))
+            raise AssertionError("a write lock past byte 100 did not conflict")
+        except BlockingIOError:
+            pass
+    finally:
+        os.close(fd)

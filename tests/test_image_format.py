@@ -197,17 +197,19 @@ def synthetic_records() -> list[tuple[schema.Record, dict]]:
                                       "value_sec": 0, "value_usec": 250000}]}),
         (schema.FD, {"fd": 0, "kind": "chr", "flags": 0o100002, "cloexec": 0, "pos": 0,
                      "path": "/dev/null", "mode": 0o20666, "dev": 6, "ino": 4, "rdev": 0x103,
-                     "size": 0, "mtime_ns": 0, "desc": 0, "state": b""}),
+                     "size": 0, "mtime_ns": 0, "desc": 0, "state": b"", "locks": []}),
         (schema.FD, {"fd": 3, "kind": "file", "flags": 0o102001, "cloexec": 1, "pos": 8192,
                      "path": "/var/log/counter.log", "mode": 0o100644, "dev": 0xFE00,
                      "ino": 99, "rdev": 0, "size": 8192, "mtime_ns": 1_700_000_000_000_000_000,
-                     "desc": 1, "state": b""}),
+                     "desc": 1, "state": b"",
+                     "locks": [{"kind": 1, "write": 1, "start": 0, "end": (1 << 64) - 1},
+                               {"kind": 2, "write": 0, "start": 10, "end": 19}]}),
         (schema.FD, {"fd": 4, "kind": "pipe", "flags": 0o4000, "cloexec": 0, "pos": 0,
                      "path": "pipe:[4711]", "mode": 0o10600, "dev": 0xE, "ino": 4711,
-                     "rdev": 0, "size": 0, "mtime_ns": 0, "desc": 0, "state": b""}),
+                     "rdev": 0, "size": 0, "mtime_ns": 0, "desc": 0, "state": b"", "locks": []}),
         (schema.FD, {"fd": 5, "kind": "pipe", "flags": 0o1, "cloexec": 0, "pos": 0,
                      "path": "pipe:[4711]", "mode": 0o10600, "dev": 0xE, "ino": 4711,
-                     "rdev": 0, "size": 0, "mtime_ns": 0, "desc": 0, "state": b""}),
+                     "rdev": 0, "size": 0, "mtime_ns": 0, "desc": 0, "state": b"", "locks": []}),
         (schema.PIPE, {"ino": 4711, "size": 65536, "data": b"queued\n" * 100, "ends": 3}),
         (schema.ZOMBIE, {"pid": 4250, "ppid": 4242, "pgid": 4242, "sid": 4000,
                          "exit_status": 3 << 8, "comm": "worker", "exit_signal": 17}),
@@ -534,7 +536,7 @@ def test_info_into_a_closed_pipe_exits_quietly(real_image, args):
 
 
 def test_fields_appended_later_decode_as_absent_from_older_records():
-    """GIVEN an FD record written before its last four fields existed (the
+    """GIVEN an FD record written before its last five fields existed (the
     payload simply ends there, as an older umig of the same format version
     wrote it)
     WHEN a reader that knows the longer record decodes it
@@ -542,8 +544,8 @@ def test_fields_appended_later_decode_as_absent_from_older_records():
     (0), instead of the record being called malformed."""
     full = {"fd": 3, "kind": "file", "flags": 0o2001, "cloexec": 1, "pos": 42,
             "path": "/etc/hosts", "mode": 0o100644, "dev": 1, "ino": 2, "rdev": 0,
-            "size": 99, "mtime_ns": 123456789, "desc": 7, "state": b"\x01\x02"}
+            "size": 99, "mtime_ns": 123456789, "desc": 7, "state": b"\x01\x02", "locks": []}
     payload = schema.FD.encode(full)
-    older = payload[:-26]            # without size, mtime_ns (u64 each), desc (u32), state
+    older = payload[:-30]            # without size, mtime_ns, desc, state and locks
     got = schema.FD.decode(older)
-    assert got == {**full, "size": 0, "mtime_ns": 0, "desc": 0, "state": b""}
+    assert got == {**full, "size": 0, "mtime_ns": 0, "desc": 0, "state": b"", "locks": []}

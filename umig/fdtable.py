@@ -48,6 +48,54 @@ class FdInfo:
 NR_pidfd_getfd = 438
 
 
+LOCK_KINDS = {"FLOCK": 1, "POSIX": 2, "OFDLCK": 3}
+LOCK_FLOCK, LOCK_POSIX, LOCK_OFD = 1, 2, 3
+TO_EOF = (1 << 64) - 1
+F_OFD_SETLK = 37
+
+
+def _locks(fdinfo: str) -> list[dict]:
+    """The locks fdinfo lists for an fd ("lock: N: FLOCK ADVISORY WRITE pid
+    dev:ino start end"): flock and OFD locks of its description, POSIX locks
+    the process took through it."""
+    out = []
+    for line in fdinfo.splitlines():
+        if not line.startswith("lock:"):
+            continue
+        f = line.split()
+        if len(f) < 9 or f[2] not in LOCK_KINDS or f[3] != "ADVISORY":
+            raise UmigError(f"a lock umig does not know: {line.strip()}")
+        out.append({"kind": LOCK_KINDS[f[2]], "write": 1 if f[4] == "WRITE" else 0,
+                    "start": int(f[7]), "end": TO_EOF if f[8] == "EOF" else int(f[8])})
+    return out
+
+
+def take_locks(fd: int, rec: dict) -> list[dict]:
+    """Take again, on our new fd, the flock and OFD locks rec's description
+    held (the description goes to the process); return the POSIX record
+    locks, which only the process itself can take (the restorer does)."""
+    posix = []
+    for lk in rec.get("locks", []):
+        what = (f"fd {rec['fd']} ({rec['path']}): its "
+                f"{'write' if lk['write'] else 'read'} lock")
+        try:
+            if lk["kind"] == LOCK_FLOCK:
+                fcntl.flock(fd, (fcntl.LOCK_EX if lk["write"] else fcntl.LOCK_SH)
+                            | fcntl.LOCK_NB)
+            elif lk["kind"] == LOCK_OFD:
+                length = 0 if lk["end"] == TO_EOF else lk["end"] - lk["start"] + 1
+                fcntl.fcntl(fd, F_OFD_SETLK, struct.pack(
+                    "hhqqi", fcntl.F_WRLCK if lk["write"] else fcntl.F_RDLCK, 0,
+                    lk["start"], length, 0))
+            else:
+                posix.append(lk)
+        except OSError as e:
+            raise EnvironmentProblem(f"{what} cannot be taken here: {e.strerror} (another "
+                                     f"process holds it)", fd=rec["fd"],
+                                     hint="stop the process holding it") from None
+    return posix
+
+
 def take_fd(pid: int, fd: int) -> int:
     """A duplicate, in umig, of pid's fd (pidfd_getfd): the same open file
     description, to look at without changing the process."""
@@ -73,7 +121,7 @@ class FdKind:
                 "cloexec": 1 if info.flags & O_CLOEXEC else 0, "pos": info.pos,
                 "path": info.target, "mode": st.st_mode, "dev": st.st_dev, "ino": st.st_ino,
                 "rdev": st.st_rdev, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "desc": 0,
-                "state": b""}
+                "state": b"", "locks": _locks(info.raw)}
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import UmigError
 
 NATIVE_ABI = 4
-PLAN_ABI = 8
+PLAN_ABI = 9
 PAGE = 4096
 
 try:

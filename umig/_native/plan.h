@@ -12,7 +12,7 @@
  * Bump UMIG_PLAN_ABI on any change of layout or meaning.
  */
 
-#define UMIG_PLAN_ABI 8
+#define UMIG_PLAN_ABI 9
 #define UMIG_PLAN_MAGIC 0x4e414c5047494d55
 
 /* Fixed offsets inside restorer.bin (see the head of restorer.c). */
@@ -52,6 +52,7 @@
 #define UMIG_STEP_FORK 22
 #define UMIG_STEP_SESSION 23
 #define UMIG_STEP_EPOLL 24
+#define UMIG_STEP_LOCK 25
 
 /* madvise bits applied after the pages are in. */
 #define UMIG_MADV_DONTFORK 1
@@ -81,6 +82,16 @@ struct umig_epitem {
     uint32_t events;
     uint32_t pad;
     uint64_t data;
+};
+
+/* A POSIX record lock the process held: fcntl(fd, F_SETLK) by the process
+ * itself (they belong to it), after the restore-only fds are closed (closing
+ * any fd of a file drops the process's POSIX locks on it). */
+struct umig_lock {
+    int32_t fd;
+    int32_t type;            /* F_RDLCK 0, F_WRLCK 1 */
+    uint64_t start;
+    uint64_t len;            /* 0: to the end of the file */
 };
 
 /* Pages a child drops from an inherited VMA: what only its parent had. */
@@ -257,7 +268,8 @@ struct umig_plan {
     uint64_t discards;       /* struct umig_discard[ndiscards] */
     uint64_t epitems;        /* struct umig_epitem[nepitems] */
     uint32_t nepitems;
-    uint32_t pad3;
+    uint32_t nlocks;
+    uint64_t locks;          /* struct umig_lock[nlocks] */
 
     /* progress, written by the restorer */
     uint32_t step;

@@ -470,6 +470,15 @@ void __attribute__((used, noreturn)) restore_main(struct umig_plan *p)
         CHECK(UMIG_STEP_MM, sys5(NR_prctl, PR_SET_MM, PR_SET_MM_MAP, (long)&p->mm,
                                  sizeof(p->mm), 0));
     CHECK(UMIG_STEP_CLOSE, sys3(NR_close_range, p->aux_lo, p->aux_hi, 0));
+    struct umig_lock *lk = (struct umig_lock *)p->locks;
+    for (uint32_t i = 0; i < p->nlocks; i++) {
+        struct {
+            short type, whence;
+            long start, len;
+            int pid;
+        } fl = {(short)lk[i].type, 0 /* SEEK_SET */, (long)lk[i].start, (long)lk[i].len, 0};
+        CHECK(UMIG_STEP_LOCK, sys3(NR_fcntl, lk[i].fd, 6 /* F_SETLK */, (long)&fl));
+    }
     restore_task(p);
 
     /* the other threads, while we may still choose their tids */

@@ -40,6 +40,7 @@
 #define NR_close_range 436
 #define NR_clone3 435
 #define NR_epoll_ctl 233
+#define NR_fcntl 72
 #define NR_setsid 112
 #define NR_sched_yield 24
 #define NR_kill 62

@@ -293,11 +293,14 @@ FD = Record(12, "FD", (
     F("mtime_ns", "u64", "time"),
     F("desc", "u32"),
     F("state", "bytes", "bytes"),
+    F("locks", "array", items=(F("kind", "u32"), F("write", "u32"), F("start", "u64"),
+                               F("end", "u64"))),
 ), "One file descriptor; `kind` names the fdtable class that re-creates it.  "
    "FD records with the same non-zero `desc` (in one process or several) are one "
    "open file description (dup, fork): recreated once, so they share offset and "
    "flags.  `state` is what the kind needs beyond that (fdtable.py: eventfd, timerfd, "
-   "signalfd, epoll).")
+   "signalfd, epoll, ...).  `locks`: the file locks held through it (kind 1 flock, 2 "
+   "POSIX record lock, 3 OFD lock; end inclusive, 2**64-1 = to the end of file).")
 
 PIPE = Record(16, "PIPE", (
     F("ino", "u64"),

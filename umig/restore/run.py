@@ -32,7 +32,7 @@ import lz4.block
 
 from .. import tracing
 from ..errors import (BadImage, EnvironmentProblem, Interrupted, RestoreFailed, UmigError)
-from ..fdtable import Epoll, ResumeFds
+from ..fdtable import TO_EOF, Epoll, ResumeFds, take_locks
 from ..image import schema
 from ..image.stream import ImageReader, decode_pages
 from ..critical import critical
@@ -442,6 +442,7 @@ class _Proc:
     plan_addr: int = 0
     child: Child | None = None
     epitems: list = field(default_factory=list)
+    locks: list = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -499,6 +500,11 @@ def _open_fds(pr: _Proc, fds: ResumeFds, opts: ResumeOptions) -> None:
         else:
             src = fds.recreate(rec)
         pr.fdmap.append({"src": src, "dst": rec["fd"], "cloexec": rec["cloexec"], "pad": 0})
+        for lk in take_locks(src, rec):          # flock, OFD taken here; POSIX by the process
+            end = lk["end"]
+            pr.locks.append({"fd": rec["fd"], "type": 1 if lk["write"] else 0,
+                             "start": lk["start"],
+                             "len": 0 if end == TO_EOF else end - lk["start"] + 1})
     pr.fdmap.sort(key=lambda f: f["dst"])
 
 
@@ -542,6 +548,7 @@ def _fill_plan(pr: _Proc, p, fds: ResumeFds, opts: ResumeOptions) -> list[dict]:
     p.nvmas = len(pr.vmas)
     p.ndiscards = len(_discards(img))
     p.nepitems = len(pr.epitems)
+    p.nlocks = len(pr.locks)
     p.set_mm = 1
     p.vdso_addr = pr.vdso_addr
     mm = img.mm
@@ -723,7 +730,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                  "pending": ("struct umig_pending", pending),
                  "children": ("struct umig_child", kids + zombies),
                  "discards": ("struct umig_discard", _discards(img)),
-                 "epitems": ("struct umig_epitem", pr.epitems)},
+                 "epitems": ("struct umig_epitem", pr.epitems),
+                 "locks": ("struct umig_lock", pr.locks)},
                 img.thread, img.threads[1:], keep, loaded.header["xcr0"],
                 img.sigactions["actions"], [x["sig"] for x in img.pending["signals"]])
 
