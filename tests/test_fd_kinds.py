@@ -256,3 +256,32 @@ def test_file_locks_are_taken_again(procs, tmp_path):
             pass
     finally:
         os.close(fd)
+
+
+def test_file_status_flags_and_close_on_exec_are_kept(procs, tmp_path):
+    """GIVEN python3 with a file open O_RDWR|O_APPEND|O_NONBLOCK|O_DIRECT
+    (close-on-exec) and one O_RDONLY (inheritable) at an offset
+    WHEN grabbed and resumed
+    THEN fdinfo shows the same flags and offsets for both fds."""
+    data = tmp_path / "data"
+    data.write_bytes(b"x" * 8192)
+    code = (f"import os, time\n"
+            f"a = os.open({str(data)!r}, os.O_RDWR | os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT)\n"
+            f"b = os.open({str(data)!r}, os.O_RDONLY)\nos.set_inheritable(b, True)\n"
+            f"os.lseek(b, 4096, 0)\nprint('ready', a, b, flush=True)\ntime.sleep(60)")
+    out = tmp_path / "out"
+    src = procs.start([sys.executable, "-c", code], stdout=out.open("w"))
+    _, a, b = wait_lines(out, 1)[0].split()
+
+    def fdinfo(pid: int) -> list[tuple[str, str]]:
+        return [tuple(line.split()[1] for line in Path(f"/proc/{pid}/fdinfo/{fd}")
+                      .read_text().splitlines() if line.startswith(("pos:", "flags:")))
+                for fd in (a, b)]
+    before = fdinfo(src.pid)
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt(int(r.stdout.split()[-1]))
+    assert fdinfo(pid) == before
