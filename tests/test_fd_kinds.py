@@ -285,3 +285,42 @@ def test_file_status_flags_and_close_on_exec_are_kept(procs, tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     pid = procs.adopt(int(r.stdout.split()[-1]))
     assert fdinfo(pid) == before
+
+
+def test_unix_listeners_and_bound_datagram_socket_keep_their_names(procs, tmp_path):
+    """GIVEN python3 blocked in accept() on a unix listener at a path (made
+    under umask 007), holding one in the abstract namespace and a datagram socket bound
+    to a path
+    WHEN grabbed and resumed (the socket files are left behind by the kill)
+    THEN clients connecting to the same path and abstract name are served,
+    a datagram to the path is answered, the socket file keeps its mode:
+    PASS."""
+    import socket
+    import stat as stat_
+    out = tmp_path / "out"
+    script = Path(__file__).parent / "victims" / "unixlisten.py"
+    src = procs.start([sys.executable, script, tmp_path], stdout=out.open("w"))
+    abstract = "\0" + wait_lines(out, 1)[0].split()[1]
+    mode = stat_.S_IMODE((tmp_path / "sock").stat().st_mode)
+    assert mode == 0o770
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    assert (tmp_path / "sock").exists()            # stale, replaced by resume
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    procs.adopt(int(r.stdout.split()[-1]))
+    assert stat_.S_IMODE((tmp_path / "sock").stat().st_mode) == mode
+    for name in (str(tmp_path / "sock"), abstract):
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(name)
+            c.sendall(b"ping")
+            assert c.recv(100) == b"pong ping"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as u:
+        u.settimeout(10)
+        u.bind(str(tmp_path / "client"))
+        u.sendto(b"hi", str(tmp_path / "dgram"))
+        assert u.recvfrom(100)[0] == b"dpong hi"
+    assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                 None), 20, "PASS or FAIL") == "PASS", read_lines(out)

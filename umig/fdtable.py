@@ -562,14 +562,14 @@ class UnixPair(FdKind):
         if not (stat.S_ISSOCK(info.st.st_mode) and info.target.startswith("socket:[")):
             return False
         info.diag = unix_diag(info.st.st_ino)
-        return info.diag is not None
+        return info.diag is not None and not UnixBound.wanted(info.diag)
 
     @classmethod
     def describe(cls, pid: int, info: FdInfo) -> dict:
         d, fd = info.diag, info.fd
         kind = f"unix {SOCK_TYPES.get(d['type'], d['type'])}"
         if d["name"] or d["state"] != TCP_ESTABLISHED or d["type"] not in SOCK_TYPES:
-            what = "listening" if d["state"] == 10 else "named" if d["name"] else "unconnected"
+            what = "connected, named" if d["name"] else "unconnected, unnamed"
             raise Refused(f"process {pid} fd {fd} is a socket ({kind}, {what}, "
                           f"{info.target}): umig moves socketpairs only so far", pid=pid, fd=fd)
         rec = super().describe(pid, info)
@@ -592,6 +592,95 @@ class UnixPair(FdKind):
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
         return fd
+
+
+TCP_CLOSE, TCP_LISTEN = 7, 10
+
+
+class UnixBound(FdKind):
+    """A unix socket bound to a name, by path or in the abstract namespace,
+    that listens (stream, seqpacket) or waits unconnected for datagrams:
+    bound and listening again under the same name.  A stale socket file
+    left at the path (nobody accepts on it) is replaced.  Connections
+    waiting to be accepted and queued datagrams are refused by name.
+    state = JSON {type, name (hex; abstract names start with 00), listening,
+    mode (of the socket file)}."""
+    name = "unix-bound"
+
+    @staticmethod
+    def wanted(d: dict) -> bool:
+        return bool(d["name"]) and d["state"] in (TCP_LISTEN, TCP_CLOSE) \
+            and d["type"] in SOCK_TYPES
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return info.diag is not None and cls.wanted(info.diag)
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        import json
+        d, fd = info.diag, info.fd
+        name = d["name"]
+        if name[:1] != b"\0":
+            name = name.split(b"\0", 1)[0]     # a path (binders may count its NUL)
+        shown = "@" + name[1:].decode(errors="replace") if name[:1] == b"\0" else name.decode(
+            errors="replace")
+        listening = d["state"] == TCP_LISTEN
+        if d["rqueue"]:
+            what = (f"{d['rqueue']} connection(s) waiting to be accepted" if listening
+                    else "datagrams queued")
+            raise Refused(f"process {pid} fd {fd} is a socket (unix, bound to {shown}) with "
+                          f"{what}, which would be lost", pid=pid, fd=fd,
+                          hint="grab it again once the program has taken them")
+        mode = 0
+        if name[:1] != b"\0":
+            try:
+                mode = stat.S_IMODE(os.stat(name).st_mode)
+            except OSError:
+                pass
+        rec = super().describe(pid, info)
+        rec["path"] = shown
+        rec["state"] = json.dumps({"type": d["type"], "name": name.hex(),
+                                   "listening": listening, "mode": mode}).encode()
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        import json
+        st = json.loads(rec["state"])
+        name = bytes.fromhex(st["name"])
+        s = socket.socket(socket.AF_UNIX, st["type"] | socket.SOCK_CLOEXEC)
+        try:
+            if name[:1] != b"\0" and os.path.exists(name) and stat.S_ISSOCK(
+                    os.lstat(name).st_mode):
+                _unlink_stale(name, st["type"], rec["path"], rec["fd"])
+            s.bind(name)
+            if st["mode"]:
+                os.chmod(name, st["mode"])
+            if st["listening"]:
+                s.listen(socket.SOMAXCONN)
+        except OSError as e:
+            s.close()
+            raise EnvironmentProblem(f"fd {rec['fd']}: cannot bind its unix socket to "
+                                     f"{rec['path']} again: {e.strerror}", fd=rec["fd"],
+                                     hint="free that name here") from None
+        fd = s.detach()
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        return fd
+
+
+def _unlink_stale(path: bytes, stype: int, shown: str, fd: int) -> None:
+    """Remove a socket file nobody listens on any more (the grabbed
+    process's, left behind); refuse one that is alive."""
+    with socket.socket(socket.AF_UNIX, stype) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)
+            return
+    raise EnvironmentProblem(f"fd {fd}: {shown} is a socket another process accepts on here",
+                             fd=fd, hint="stop that process")
 
 
 def _peek(pid: int, fd: int, size: int, target: str) -> bytes:
@@ -888,7 +977,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd,
-    TimerFd, SignalFd, Epoll, UnixPair, InetSocket, Fifo)}
+    TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, Fifo)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:
