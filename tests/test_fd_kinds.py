@@ -13,6 +13,17 @@ from conftest import read_lines, run_umig, wait_for, wait_lines
 from umig.errors import Exit
 
 
+def grab_and_resume(procs, tmp_path, src) -> int:
+    """Grab src (it is killed) into tmp_path/img and resume it detached;
+    returns the resumed pid (tracked by procs)."""
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    return procs.adopt(int(r.stdout.split()[-1]))
+
+
 def moved(procs, tmp_path, argv, *before_go: int) -> int:
     """Start argv (output in tmp_path/out), wait for its "ready", grab it,
     resume it; send it the signals in before_go, then SIGUSR1; returns the
@@ -20,12 +31,7 @@ def moved(procs, tmp_path, argv, *before_go: int) -> int:
     out = tmp_path / "out"
     src = procs.start(argv, stdout=out.open("w"))
     wait_lines(out, 1, timeout=30)
-    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
-    assert r.returncode == 0, r.stderr.decode()
-    src.wait(timeout=5)
-    r = run_umig("resume", "--detach", str(tmp_path / "img"))
-    assert r.returncode == 0, r.stderr.decode()
-    pid = procs.adopt(int(r.stdout.split()[-1]))
+    pid = grab_and_resume(procs, tmp_path, src)
     for sig in before_go:
         os.kill(pid, sig)
         time.sleep(0.05)
@@ -126,12 +132,7 @@ def test_tcp_listener_and_udp_socket_keep_address_port_and_options(procs, tmp_pa
     script = Path(__file__).parent / "victims" / "listener.py"
     src = procs.start([sys.executable, script], stdout=out.open("w"))
     _, tcp_port, udp_port = wait_lines(out, 1)[0].split()
-    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
-    assert r.returncode == 0, r.stderr.decode()
-    src.wait(timeout=5)
-    r = run_umig("resume", "--detach", str(tmp_path / "img"))
-    assert r.returncode == 0, r.stderr.decode()
-    procs.adopt(int(r.stdout.split()[-1]))
+    grab_and_resume(procs, tmp_path, src)
     with socket.create_connection(("127.0.0.1", int(tcp_port)), timeout=10) as c:
         c.sendall(b"ping")
         assert c.recv(100) == b"pong ping"
@@ -180,12 +181,7 @@ def test_fifos_are_reopened_by_path_with_their_bytes_once(procs, tmp_path):
     wait_lines(out, 1)
     outside = os.open(tmp_path / "shared", os.O_WRONLY | os.O_NONBLOCK)
     try:
-        r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
-        assert r.returncode == 0, r.stderr.decode()
-        src.wait(timeout=5)
-        r = run_umig("resume", "--detach", str(tmp_path / "img"))
-        assert r.returncode == 0, r.stderr.decode()
-        pid = procs.adopt(int(r.stdout.split()[-1]))
+        pid = grab_and_resume(procs, tmp_path, src)
         os.kill(pid, signal.SIGUSR1)
         os.write(outside, b"outside")
         assert wait_for(lambda: next((x for x in read_lines(out)
@@ -278,12 +274,7 @@ def test_file_status_flags_and_close_on_exec_are_kept(procs, tmp_path):
                       .read_text().splitlines() if line.startswith(("pos:", "flags:")))
                 for fd in (a, b)]
     before = fdinfo(src.pid)
-    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
-    assert r.returncode == 0, r.stderr.decode()
-    src.wait(timeout=5)
-    r = run_umig("resume", "--detach", str(tmp_path / "img"))
-    assert r.returncode == 0, r.stderr.decode()
-    pid = procs.adopt(int(r.stdout.split()[-1]))
+    pid = grab_and_resume(procs, tmp_path, src)
     assert fdinfo(pid) == before
 
 

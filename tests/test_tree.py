@@ -10,7 +10,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from conftest import (assert_counting, descendants, read_lines, reap_orphans, run_umig,
                       start_with_pid, umig_cmd, wait_for, wait_lines)
@@ -192,8 +191,6 @@ def pss_kib(pid: int) -> int:
     raise AssertionError(f"no Pss for {pid}")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="telling shared pages apart needs the frame "
-                    "numbers of /proc/PID/pagemap, shown only to CAP_SYS_ADMIN")
 def test_copy_on_write_memory_is_written_once_and_stays_shared(victim, procs, tmp_path):
     """GIVEN a parent with 64 MiB of random bytes and four children sharing
     them copy-on-write, one of which rewrote its first MiB and one dropped

@@ -912,6 +912,19 @@ class Fifo(FdKind):
 
 
 def _fifo_held_outside(key: tuple[int, int], members: set[int]) -> bool:
+    for _pid, _fd, link in _fds_outside(members):
+        try:
+            st = os.stat(link)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == key:
+            return True
+    return False
+
+
+def _fds_outside(members: set[int]):
+    """(pid, fd, /proc/PID/fd/N) of every fd of every process outside
+    `members` that /proc lets us see (a plain user sees only their own)."""
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in members:
             continue
@@ -920,13 +933,7 @@ def _fifo_held_outside(key: tuple[int, int], members: set[int]) -> bool:
         except OSError:
             continue
         for fd in fds:
-            try:
-                st = os.stat(f"/proc/{name}/fd/{fd}")
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == key:
-                return True
-    return False
+            yield int(name), int(fd), f"/proc/{name}/fd/{fd}"
 
 
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
@@ -1083,21 +1090,14 @@ def _holders(inos: set[int], members: set[int], what: str = "pipe"
     their own)."""
     want = {f"{what}:[{ino}]": ino for ino in inos}
     out: dict[int, tuple[int, int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in members:
-            continue
+    for pid, fd, link in _fds_outside(members):
         try:
-            fds = os.listdir(f"/proc/{name}/fd")
+            target = os.readlink(link)
         except OSError:
             continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{name}/fd/{fd}")
-            except OSError:
-                continue
-            ino = want.get(target)
-            if ino is not None and ino not in out:
-                out[ino] = (int(name), int(fd))
+        ino = want.get(target)
+        if ino is not None and ino not in out:
+            out[ino] = (pid, fd)
     return out
 
 
