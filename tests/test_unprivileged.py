@@ -7,12 +7,15 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import ns_init, nspid, read_lines, run_umig, umig_cmd, wait_lines
+import umig
+from conftest import ns_init, nspid, read_lines, run_umig, wait_lines
 from imagetools import rewrite
 from umig.errors import Exit
 
@@ -23,17 +26,46 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="switching to uid 65534 needs root (run as root)")
 
 
+# how uid 65534 runs umig: this interpreter (its real path) with umig and
+# its dependencies staged where that user can read them (nobody_umig)
+_NOBODY: dict = {}
+
+
+@pytest.fixture(scope="session")
+def nobody_umig():
+    """Stage this umig and the packages it imports in a world-readable
+    directory: the checkout (a clone in a mode-0700 temporary directory,
+    say) and its .venv may be out of reach of uid 65534."""
+    stage = Path(tempfile.mkdtemp(prefix="umig-stage-"))
+    try:
+        stage.chmod(0o755)
+        shutil.copytree(Path(umig.__file__).parent, stage / "umig",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        site = Path(sysconfig.get_paths()["purelib"])
+        shutil.copytree(site, stage / "site",
+                        ignore=shutil.ignore_patterns("__pycache__", "pip", "pip-*",
+                                                      "setuptools*", "_pytest", "pytest*",
+                                                      "umig*", "__editable__*", "*.pth"))
+        for path in [stage, *stage.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else path.stat().st_mode | 0o444)
+        _NOBODY["argv"] = [os.path.realpath(sys.executable), "-m", "umig"]
+        _NOBODY["env"] = {**os.environ, "PYTHONPATH": f"{stage}:{stage / 'site'}"}
+        yield _NOBODY
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 @pytest.fixture
-def shared_dir(victim):
+def shared_dir(victim, nobody_umig):
     """A directory uid 65534 can use, holding a copy of the counter."""
     d = Path(tempfile.mkdtemp(prefix="umig-nobody-"))
     d.chmod(0o777)
     shutil.copy(victim("counter"), d / "counter")
     (d / "counter").chmod(0o755)
-    r = subprocess.run(AS_NOBODY + [*umig_cmd("--version")], capture_output=True, cwd=d)
+    r = as_nobody("--version", cwd=d)
     if r.returncode != 0:
-        pytest.fail("uid 65534 cannot run this Python interpreter "
-                    f"({r.stderr.decode().strip()}); run the suite with ./dev test")
+        pytest.fail("uid 65534 cannot run umig staged for it with "
+                    f"{nobody_umig['argv'][0]} ({r.stderr.decode().strip()})")
     try:
         yield d
     finally:
@@ -41,8 +73,8 @@ def shared_dir(victim):
 
 
 def as_nobody(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(AS_NOBODY + umig_cmd(*args), capture_output=True, cwd=cwd,
-                          stdin=subprocess.DEVNULL, timeout=60)
+    return subprocess.run(AS_NOBODY + _NOBODY["argv"] + list(args), capture_output=True,
+                          cwd=cwd, stdin=subprocess.DEVNULL, timeout=60, env=_NOBODY["env"])
 
 
 def start_counter(procs, d: Path, user: bool = True):
