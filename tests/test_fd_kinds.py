@@ -162,9 +162,10 @@ def test_established_tcp_connection_is_refused_by_name(procs, tmp_path):
             r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
             assert r.returncode == Exit.REFUSED, r.stderr.decode()
             msg = r.stderr.decode()
-            assert f"process {src.pid} fd {fd} is a socket" in msg
-            assert f"an established TCP connection 127.0.0.1:" in msg
+            assert f"process {src.pid} fd {fd} is an established TCP connection 127.0.0.1:" \
+                in msg
             assert f"-> 127.0.0.1:{port}" in msg
+            assert "--tcp-established" in msg
             assert src.poll() is None
 
 

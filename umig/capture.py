@@ -23,7 +23,7 @@ from typing import Callable
 
 import lz4.block
 
-from . import __version__, cpu, fdtable, precopy, procfs, tracing
+from . import __version__, cpu, fdtable, precopy, procfs, tcprepair, tracing
 from .errors import (AccessDenied, Interrupted, NoProcess, Refused, UmigError,
                      from_oserror)
 from .critical import critical
@@ -63,6 +63,9 @@ class GrabStats:
     precopy: str = ""              # what pre-reading did, for -v
     processes: int = 1
     threads: int = 1
+    tcp: int = 0                   # established TCP connections taken
+    tcp_locks: list = field(default_factory=list)    # their nft lock tables
+    warnings: list = field(default_factory=list)
 
 
 @dataclass
@@ -875,7 +878,7 @@ class Member:
     cow: dict = field(default_factory=dict)    # inherited VMA start -> ranges to write
 
 
-def _read_member(t: Target, tree: bool, max_contents: int) -> Member:
+def _read_member(t: Target, tree: bool, max_contents: int, tcp=None) -> Member:
     """Everything the image holds about one frozen process but its pages."""
     pid = t.pid
     status = procfs.parse_status(procfs.read(pid, "status"))
@@ -885,7 +888,7 @@ def _read_member(t: Target, tree: bool, max_contents: int) -> Member:
     st = procfs.parse_stat(procfs.read(pid, "stat"))
     smaps = procfs.parse_smaps(procfs.read(pid, "smaps"))
     vmas = _vma_records(t, smaps)
-    fds = fdtable.describe_all(pid, max_contents)
+    fds = fdtable.describe_all(pid, max_contents, tcp)
     fdtable.check_epolls(pid, fds)
     vdso = _vdso_record(t, smaps)
     timers = procfs.read(pid, "timers").strip() if os.path.exists(
@@ -1054,7 +1057,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
          on_complete: Callable[[int], None] = lambda size: None,
          prepare: Callable[[int], None] = lambda estimate: None,
          preread: str = "auto", tree: bool = False,
-         max_contents: int = fdtable.MAX_CONTENTS) -> GrabStats:
+         max_contents: int = fdtable.MAX_CONTENTS,
+         tcp_established: bool = False) -> GrabStats:
     """Write the image of process pid (with tree, of it and all its
     descendants) to out_fd; once it is complete (and on_complete(size),
     which puts a file image in place, succeeded) kill it (finish="kill"),
@@ -1063,7 +1067,10 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     a file).  preread: "on", "off" or "auto" (on for processes of
     precopy.MIN_RSS and more): read memory before the freeze (precopy.py;
     not with tree).  max_contents: bytes of a deleted file's or memfd's
-    contents the image may carry per fd."""
+    contents the image may carry per fd.  tcp_established: take established
+    TCP connections with TCP_REPAIR (tcprepair.py) instead of refusing
+    them; their packets are held back from the freeze until `umig resume`
+    has them (or, if the process goes on here, until the grab ends)."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid, tree)
@@ -1089,6 +1096,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     cache: precopy.Cache | None = None
     targets: dict[int, Target] = {pid: t}
     t.pin_ok = not tree
+    taken = tcprepair.Taken() if tcp_established else None
 
     def check() -> None:
         if interrupted():
@@ -1111,7 +1119,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                 targets[p] = _refuse_early(p, True)
                 targets[p].pin_ok = False
                 _open_proc(targets[p])
-            members.append(_read_member(targets[p], tree, max_contents))
+            members.append(_read_member(targets[p], tree, max_contents, taken))
         zombies = [_zombie_record(z) for z in fr.zombies]
         pipes = fdtable.pipe_records([(m.t.pid, m.fds) for m in members])
         fdtable.share_descriptions([(m.t.pid, m.fds) for m in members])
@@ -1175,6 +1183,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     finally:
         if not done:
             with critical():
+                if taken:
+                    stats.warnings += taken.release()
                 fr.thaw()
         if tracker and not done:
             tracker.close()
@@ -1183,12 +1193,21 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
 
     # the image is complete (and synced): now, and only now, finish the source
     with critical():
+        if taken:
+            stats.tcp = len(taken.socks)
+            stats.tcp_locks = sorted(taken.tables.values())
         if finish == "kill":
             fr.kill()
-        elif finish == "stopped":
-            fr.leave_stopped()
+            if taken:
+                taken.finish()       # closes silently: the lock holds the peers off
         else:
-            fr.thaw()
+            if taken:
+                stats.warnings += taken.release()
+                stats.tcp_locks = []
+            if finish == "stopped":
+                fr.leave_stopped()
+            else:
+                fr.thaw()
     if tracker:
         tracker.close()      # ends the tracking (after the kill: not frozen time)
     stats.finish = finish

@@ -76,12 +76,20 @@ def cmd_grab(args) -> int:
         stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
                              on_complete=out.commit, prepare=out.preallocate,
                              preread=args.preread, tree=args.tree,
-                             max_contents=args.max_contents_mib << 20)
+                             max_contents=args.max_contents_mib << 20,
+                             tcp_established=args.tcp_established)
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise
     finally:
         out.close()
+    for w in stats.warnings:
+        _warn(w)
+    if stats.tcp_locks:
+        _warn(f"{stats.tcp} TCP connection(s) are held back (nft table"
+              f"{'s' if len(stats.tcp_locks) > 1 else ''} inet {', '.join(stats.tcp_locks)}) "
+              f"until umig resume takes them on this host; to give them up instead: "
+              f"nft delete table inet NAME")
     if args.verbose or os.isatty(2):
         state = {"kill": "killed", "running": "left running", "stopped": "left stopped"}[finish]
         who = (f"process {stats.pid}" if stats.processes == 1 else
@@ -190,6 +198,11 @@ def parser() -> argparse.ArgumentParser:
                    help="carry the contents of files deleted while open and of memfds up "
                         "to this size each (default 16; they are held in memory while "
                         "grabbing)")
+    g.add_argument("--tcp-established", action="store_true",
+                   help="take established TCP connections too (TCP_REPAIR; needs root and "
+                        "nft; resume where the connection's address is): their packets are "
+                        "held back until umig resume has them, so peers see a delay, not a "
+                        "reset")
     g.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
     g.set_defaults(func=cmd_grab)
 

@@ -43,6 +43,7 @@ class FdInfo:
     raw: str = ""              # and as text (epoll lists one line per watch)
     max_contents: int = 0      # bytes of a deleted file's or memfd's contents to carry
     diag: dict | None = None   # a unix socket's sock_diag answer
+    tcp: object = None         # tcprepair.Taken with --tcp-established, else None
 
 
 NR_pidfd_getfd = 438
@@ -801,11 +802,7 @@ class InetSocket(FdKind):
                 pass
             kind = "TCP" if stype == socket.SOCK_STREAM else "UDP"
             if stype == socket.SOCK_STREAM and st["peer"]:
-                raise Refused(f"process {pid} fd {fd} is {what}: an established TCP "
-                              f"connection {name[0]}:{name[1]} -> {st['peer'][0]}:"
-                              f"{st['peer'][1]}; umig cannot move established connections yet",
-                              pid=pid, fd=fd, hint="close it in the program, or wait for "
-                                                   "--tcp-established")
+                return TcpConnection.describe_connection(pid, info, s, st)
             if st["listening"]:
                 waiting = _tcp_queue(info.st.st_ino)
                 if waiting:
@@ -851,6 +848,51 @@ class InetSocket(FdKind):
                                      f"again: {e.strerror}", fd=rec["fd"],
                                      hint="free that address and port here") from None
         fd = s.detach()
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        return fd
+
+
+class TcpConnection(InetSocket):
+    """An established TCP connection, moved with TCP_REPAIR behind a
+    network lock (umig/tcprepair.py) when grab has --tcp-established, and
+    refused by name otherwise.  state = JSON of InetSocket's with "tcp":
+    sequence numbers, queues, window and options.  InetSocket.describe
+    finds out a socket is one and hands it over."""
+    name = "tcp"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return False        # reached through InetSocket.describe
+
+    @classmethod
+    def describe_connection(cls, pid: int, info: FdInfo, s: socket.socket, st: dict) -> dict:
+        import json
+        from . import tcprepair
+        fd = info.fd
+        if info.tcp is None:
+            raise Refused(f"process {pid} fd {fd} is an established TCP connection "
+                          f"{tcprepair.connection_name(st)}; moving it needs grab "
+                          f"--tcp-established (root, and the same address where it is "
+                          f"resumed)", pid=pid, fd=fd,
+                          hint="add --tcp-established, or close the connection in the program")
+        ours = socket.socket(fileno=os.dup(s.fileno()))
+        st["tcp"] = info.tcp.take(pid, fd, ours, st)
+        rec = super(InetSocket, cls).describe(pid, info)
+        rec["state"] = json.dumps(st).encode()
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        import json
+        from . import tcprepair
+        st = json.loads(rec["state"])
+        s, unsent = tcprepair.restore(st, rec["fd"])
+        ctx.tcp.append((s, unsent))
+        ctx.tcp_locks.add(st["tcp"]["lock"])
+        if st.get("nodelay"):
+            s.setsockopt(SOL_TCP, TCP_NODELAY, st["nodelay"])
+        fd = os.dup(s.fileno())
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
         return fd
@@ -984,7 +1026,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd,
-    TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, Fifo)}
+    TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, TcpConnection, Fifo)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:
@@ -1184,10 +1226,12 @@ def fd_info(pid: int, fd: int) -> FdInfo:
                   info, raw.decode("utf-8", "replace"))
 
 
-def describe_all(pid: int, max_contents: int = MAX_CONTENTS) -> list[dict]:
+def describe_all(pid: int, max_contents: int = MAX_CONTENTS, tcp=None) -> list[dict]:
     """FD records for every fd of the process; refuses the first one no
     kind supports, before anything is written.  max_contents: bytes of a
-    deleted file's or memfd's contents to carry at most."""
+    deleted file's or memfd's contents to carry at most; tcp: a
+    tcprepair.Taken to take established TCP connections into (else they
+    are refused)."""
     try:
         fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
     except OSError as e:
@@ -1196,6 +1240,7 @@ def describe_all(pid: int, max_contents: int = MAX_CONTENTS) -> list[dict]:
     for fd in fds:
         info = fd_info(pid, fd)
         info.max_contents = max_contents
+        info.tcp = tcp
         for kind in KINDS.values():
             if kind.matches(info):
                 out.append(kind.describe(pid, info))
@@ -1221,6 +1266,8 @@ class ResumeFds:
         self.deleted: dict[tuple, int] = {}       # (dev, ino) of a deleted file -> ours
         self.fifos: dict[tuple, int] = {}         # (dev, ino) of a FIFO -> ours, read-write
         self._unix: dict[int, int] = {}           # socket ino -> our end of a new pair
+        self.tcp: list = []                       # (socket in repair mode, unsent bytes)
+        self.tcp_locks: set[str] = set()          # the grab's nft lock tables
 
     def unix_end(self, ino: int, peer: int, stype: int, fd: int) -> int:
         """Our end standing for unix socket ino of a pair (made with its peer's
@@ -1285,6 +1332,13 @@ class ResumeFds:
                 self.opened.remove(end)
         return ends
 
+    def tcp_go(self) -> list[str]:
+        """The process is let go: its TCP connections leave repair mode and
+        their lock is removed; returns what went wrong."""
+        from . import tcprepair
+        socks, self.tcp = self.tcp, []
+        return tcprepair.go(socks, self.tcp_locks) if socks else []
+
     def keep(self, fd: int) -> int:
         """Move a freshly opened fd of ours above base; returns the new number."""
         high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, self.base)
@@ -1320,6 +1374,13 @@ class ResumeFds:
         if kind is MemFd:
             self.memfds[rec["ino"]] = fd
         return fd
+
+    def drop_tcp(self) -> None:
+        """The resume failed: connections not let go (tcp_go) close in
+        repair mode, sending nothing, and the lock stays, for another try."""
+        for s, _unsent in self.tcp:
+            s.close()
+        self.tcp.clear()
 
     def close(self) -> None:
         for fd in self.opened:

@@ -808,6 +808,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
             pr.child.memfd = -1
         timings["ready"] = time.perf_counter()
         with critical():
+            for problem in fds.tcp_go():
+                opts.warn(f"after the resume: {problem}")
             opts.on_running(pid)
             for pr in reversed(procs):     # children first: the root runs last
                 pr.child.detach()
@@ -828,6 +830,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
             except OSError:
                 pass
         fds.close()
+        fds.drop_tcp()
 
 
 class _Driver:
