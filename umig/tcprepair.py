@@ -41,6 +41,7 @@ TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD = 0x541B, 0x5411, 0x894B
 REPAIR_WINDOW = struct.Struct("<5I")    # snd_wl1 snd_wnd max_window rcv_wnd rcv_wup
+MAX_USER_MSS = 32767
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1",
               5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT",
               9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
@@ -222,6 +223,10 @@ def restore(st: dict, fd: int) -> tuple[socket.socket, bytes]:
         s.setsockopt(SOL_TCP, TCP_QUEUE_SEQ, _u32(r["rcv_seq"]))
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
         s.setsockopt(SOL_TCP, TCP_QUEUE_SEQ, _u32(r["snd_seq"]))
+        # the MSS before connect: connect computes the segment size from it
+        # (set only by TCP_REPAIR_OPTIONS, it would stay at the default 536);
+        # TCP_MAXSEG takes at most 32767 (loopback's is 65495)
+        s.setsockopt(SOL_TCP, TCP_MAXSEG, min(r["mss"], MAX_USER_MSS))
         step = "its addresses"
         s.bind(tuple(st["bound"]))
         s.connect(tuple(st["peer"]))
