@@ -6,6 +6,7 @@ No capture or restore logic lives here (ARCHITECTURE.md).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import sys
@@ -134,29 +135,61 @@ def cmd_resume(args) -> int:
     if args.detach:
         print(r.pid, flush=True)
         return 0
-    return _foreground(r.pid, flag.tty)
+    return _foreground(r.pid, flag.tty, r.terminal_modes)
 
 
-def _foreground(pid: int, tty: int | None) -> int:
+def _foreground(pid: int, tty: int | None, own_modes: bytes | None) -> int:
     """Wait for the resumed process like a shell waits for a job: it owns the
-    terminal, our SIGINT/SIGTERM/SIGHUP go to it (_Flag), its status is ours."""
+    terminal, our SIGINT/SIGTERM/SIGHUP go to it (_Flag), its status is ours.
+    When it stops (Ctrl-Z, or reading the terminal in the background), so
+    do we, with the terminal and its settings back as we had them, and our
+    shell sees its job stopped; when the shell continues us (fg, bg), we
+    continue it, in the foreground again if the shell gave us the terminal.
+    own_modes: our terminal's settings before the process's were put on it."""
+    from .fdtable import TCGETS, TCSETSW, TERMIOS_SIZE
+    job_modes = None
     try:
         while True:
             try:
-                _, status = os.waitpid(pid, 0)
-                break
+                # without a terminal there is no job control to take part in
+                _, status = os.waitpid(pid, os.WUNTRACED if tty is not None else 0)
             except InterruptedError:
                 continue
+            if not os.WIFSTOPPED(status):
+                break
+            if tty is not None:
+                job_modes = _tty_call(lambda: fcntl.ioctl(tty, TCGETS, bytes(TERMIOS_SIZE)))
+                _tty_call(lambda: os.tcsetpgrp(tty, os.getpgrp()))
+                if own_modes:
+                    _tty_call(lambda: fcntl.ioctl(tty, TCSETSW, own_modes))
+            os.kill(os.getpid(), signal.SIGSTOP)          # our shell: "Stopped"
+            if tty is not None and _tty_call(lambda: os.tcgetpgrp(tty)) == os.getpgrp():
+                if job_modes:
+                    _tty_call(lambda: fcntl.ioctl(tty, TCSETSW, job_modes))
+                _tty_call(lambda: os.tcsetpgrp(tty, pid))   # fg: it owns the terminal again
+            try:
+                os.killpg(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                os.kill(pid, signal.SIGCONT)
     finally:
         if tty is not None:
-            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            try:
-                os.tcsetpgrp(tty, os.getpgrp())
-            except (OSError, termios.error):
-                pass
-            signal.signal(signal.SIGTTOU, old)
+            _tty_call(lambda: os.tcsetpgrp(tty, os.getpgrp()))
+            if own_modes:
+                _tty_call(lambda: fcntl.ioctl(tty, TCSETSW, own_modes))
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _tty_call(fn):
+    """fn on our terminal, which we may not own (SIGTTOU ignored meanwhile);
+    None if it fails."""
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        return fn()
+    except (OSError, termios.error):
+        return None
+    finally:
+        signal.signal(signal.SIGTTOU, old)
 
 
 def cmd_info(args) -> int:

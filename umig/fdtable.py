@@ -213,9 +213,27 @@ def _is_tty(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in (4, 5, *range(136, 144))
 
 
+TCGETS, TCSETSW, TIOCGWINSZ, TIOCSWINSZ = 0x5401, 0x5403, 0x5413, 0x5414
+TERMIOS_SIZE, WINSIZE_SIZE = 36, 8      # struct termios (kernel's), struct winsize
+
+
+def terminal_state(pid: int, fd: int) -> bytes:
+    """The terminal's settings (struct termios) and window size (struct
+    winsize) as the process's fd sees them, for the terminal of `umig
+    resume` to take on."""
+    ours = take_fd(pid, fd)
+    try:
+        return (fcntl.ioctl(ours, TCGETS, bytes(TERMIOS_SIZE))
+                + fcntl.ioctl(ours, TIOCGWINSZ, bytes(WINSIZE_SIZE)))
+    finally:
+        os.close(ours)
+
+
 class Stdio(FdKind):
     """fds 0-2 on a terminal, pipe or socket: as in a shell job, the
-    resumed process gets the stdin/stdout/stderr of `umig resume`."""
+    resumed process gets the stdin/stdout/stderr of `umig resume`.  On a
+    terminal, state = its termios and window size, which the terminal of
+    `umig resume` takes on while the process runs (ResumeFds.terminal_go)."""
     name = "stdio"
 
     @classmethod
@@ -225,13 +243,22 @@ class Stdio(FdKind):
                                  or stat.S_ISSOCK(st.st_mode))
 
     @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        rec = super().describe(pid, info)
+        if _is_tty(info.st):
+            rec["state"] = terminal_state(pid, info.fd)
+        return rec
+
+    @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        if rec["state"] and not ctx.terminal_modes:
+            ctx.terminal_modes = rec["state"]
         return ctx.own_stdio(rec["fd"])
 
 
-class Terminal(FdKind):
+class Terminal(Stdio):
     """A terminal at another fd (bash keeps one at 255): the terminal of
-    `umig resume` takes its place."""
+    `umig resume` takes its place (state as for Stdio)."""
     name = "tty"
 
     @classmethod
@@ -240,6 +267,8 @@ class Terminal(FdKind):
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        if rec["state"] and not ctx.terminal_modes:
+            ctx.terminal_modes = rec["state"]
         return ctx.own_terminal(rec["fd"])
 
 
@@ -1267,6 +1296,7 @@ class ResumeFds:
         self.fifos: dict[tuple, int] = {}         # (dev, ino) of a FIFO -> ours, read-write
         self._unix: dict[int, int] = {}           # socket ino -> our end of a new pair
         self.tcp: list = []                       # (socket in repair mode, unsent bytes)
+        self.terminal_modes = b""                 # termios + winsize the process's tty had
         self.tcp_locks: set[str] = set()          # the grab's nft lock tables
 
     def unix_end(self, ino: int, peer: int, stype: int, fd: int) -> int:
@@ -1338,6 +1368,32 @@ class ResumeFds:
         from . import tcprepair
         socks, self.tcp = self.tcp, []
         return tcprepair.go(socks, self.tcp_locks) if socks else []
+
+    def terminal_go(self) -> bytes | None:
+        """The process is let go: the terminal of `umig resume` takes on the
+        settings and window size the process's terminal had.  Returns the
+        terminal's own settings before (for `umig resume` to put back when
+        the process stops or ends), or None if it changed nothing."""
+        if not self.terminal_modes:
+            return None
+        tty = next((n for n in (0, 1, 2) if os.isatty(n)), None)
+        if tty is None:
+            return None
+        modes = self.terminal_modes[:TERMIOS_SIZE]
+        size = self.terminal_modes[TERMIOS_SIZE:TERMIOS_SIZE + WINSIZE_SIZE]
+        import signal
+        old_ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            before = fcntl.ioctl(tty, TCGETS, bytes(TERMIOS_SIZE))
+            fcntl.ioctl(tty, TCSETSW, modes)
+            if len(size) == WINSIZE_SIZE and size != bytes(WINSIZE_SIZE) and \
+                    fcntl.ioctl(tty, TIOCGWINSZ, bytes(WINSIZE_SIZE)) != size:
+                fcntl.ioctl(tty, TIOCSWINSZ, size)
+            return before
+        except OSError:
+            return None
+        finally:
+            signal.signal(signal.SIGTTOU, old_ttou)
 
     def keep(self, fd: int) -> int:
         """Move a freshly opened fd of ours above base; returns the new number."""

@@ -69,6 +69,7 @@ class Resumed:
     vdso_mode: str
     timings: dict = field(default_factory=dict)
     ns_init: int = 0                   # --pidns: the namespace's init (pid outside)
+    terminal_modes: bytes | None = None  # umig resume's terminal settings before
 
 
 def _vma_plan(img, map_fds: dict, shm: dict[int, int]) -> list[dict]:
@@ -810,12 +811,14 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         with critical():
             for problem in fds.tcp_go():
                 opts.warn(f"after the resume: {problem}")
+            terminal_modes = fds.terminal_go()
             opts.on_running(pid)
             for pr in reversed(procs):     # children first: the root runs last
                 pr.child.detach()
                 pr.child.alive = False     # it runs: no longer ours to kill on error
         timings["running"] = time.perf_counter()
-        return Resumed(pid, pid == root.pid or use_ns, vdso_mode, timings, ns_init)
+        return Resumed(pid, pid == root.pid or use_ns, vdso_mode, timings, ns_init,
+                       terminal_modes)
     except BaseException:
         for pr in reversed(procs):
             if pr.child is not None:
