@@ -334,9 +334,10 @@ def test_leave_running_keeps_source_and_image_resumes_as_new_pid(victim, procs, 
     """GIVEN a counter grabbed with --leave-running
     WHEN the image is resumed while the source still runs
     THEN the source keeps counting, and the copy gets a new pid (said on
-    stderr) and continues from the grab point in its own output."""
+    stderr) and continues from the grab point in its own output (opened
+    O_APPEND, so that both may write to it)."""
     out = tmp_path / "out"
-    src = procs.start([victim("counter"), "20000"], stdout=out.open("w"))
+    src = procs.start([victim("counter"), "20000"], stdout=out.open("a"))
     wait_lines(out, 3)
     grab(src.pid, tmp_path / "img", "--leave-running")
     n = len(read_lines(out))

@@ -23,7 +23,7 @@ from typing import Callable
 
 import lz4.block
 
-from . import __version__, cpu, fdtable, precopy, procfs, tcprepair, tracing
+from . import __version__, cpu, fdtable, files, precopy, procfs, tcprepair, tracing
 from .errors import (AccessDenied, Interrupted, NoProcess, Refused, UmigError,
                      from_oserror)
 from .critical import critical
@@ -1058,7 +1058,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
          prepare: Callable[[int], None] = lambda estimate: None,
          preread: str = "auto", tree: bool = False,
          max_contents: int = fdtable.MAX_CONTENTS,
-         tcp_established: bool = False) -> GrabStats:
+         tcp_established: bool = False, ship_files: bool = False) -> GrabStats:
     """Write the image of process pid (with tree, of it and all its
     descendants) to out_fd; once it is complete (and on_complete(size),
     which puts a file image in place, succeeded) kill it (finish="kill"),
@@ -1070,7 +1070,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     contents the image may carry per fd.  tcp_established: take established
     TCP connections with TCP_REPAIR (tcprepair.py) instead of refusing
     them; their packets are held back from the freeze until `umig resume`
-    has them (or, if the process goes on here, until the grab ends)."""
+    has them (or, if the process goes on here, until the grab ends).
+    ship_files: carry the files the processes have open or map (files.py)."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid, tree)
@@ -1126,6 +1127,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         fdtable.DeletedFile.once([(m.t.pid, m.fds) for m in members])
         fdtable.check_socketpairs([(m.t.pid, m.fds) for m in members])
         fdtable.Fifo.contents([(m.t.pid, m.fds) for m in members])
+        shipped = files.ship([(m.t.pid, m.vmas, m.fds) for m in members],
+                             max_contents) if ship_files else []
         _shared_once(members)
         _inherit(members)
         check()
@@ -1135,6 +1138,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             for m in members for v in m.vmas)
         w = ImageWriter(out_fd, version=2 if needs_v2 else 1)
         w.record(schema.HEADER, header_record(pid))
+        for f in shipped:
+            w.record(schema.FILE, f)
         for m in members:
             for rec, values in m.records:
                 w.record(rec, values)

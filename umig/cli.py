@@ -78,7 +78,8 @@ def cmd_grab(args) -> int:
                              on_complete=out.commit, prepare=out.preallocate,
                              preread=args.preread, tree=args.tree,
                              max_contents=args.max_contents_mib << 20,
-                             tcp_established=args.tcp_established)
+                             tcp_established=args.tcp_established,
+                             ship_files=args.ship_files)
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise
@@ -231,6 +232,10 @@ def parser() -> argparse.ArgumentParser:
                    help="carry the contents of files deleted while open and of memfds up "
                         "to this size each (default 16; they are held in memory while "
                         "grabbing)")
+    g.add_argument("--ship-files", action="store_true",
+                   help="carry the files the process has open or maps (its program and "
+                        "libraries too) in the image: resume creates them where they are "
+                        "missing (each up to --max-contents-mib)")
     g.add_argument("--tcp-established", action="store_true",
                    help="take established TCP connections too (TCP_REPAIR; needs root and "
                         "nft; resume where the connection's address is): their packets are "

@@ -329,6 +329,22 @@ OWNER = Record(18, "OWNER", (
 ), "In an image of a tree: the PAGES records that follow, up to the next "
    "OWNER, belong to this process.", optional=True)
 
+FILE = Record(19, "FILE", (
+    F("path", "str"),
+    F("mode", "u32", "hex"),
+    F("uid", "u32"),
+    F("gid", "u32"),
+    F("size", "u64", "size"),
+    F("mtime_ns", "u64", "time"),
+    F("dev", "u64", "hidden"),
+    F("ino", "u64", "hidden"),
+    F("lz4", "u32"),
+    F("data", "bytes", "bytes"),
+), "A file the process has open or maps, shipped with `grab --ship-files`: "
+   "resume creates it where it is missing (with its mode, owner and mtime) and "
+   "refuses where a different file is in its place.  data: the contents, one lz4 "
+   "block when lz4 is 1.  FILE records come right after HEADER.")
+
 PAGES_FLAG_LZ4 = 1
 
 PAGES = Record(13, "PAGES", (
@@ -357,5 +373,5 @@ TRAILER = Record(15, "TRAILER", (
 
 RECORDS: dict[int, Record] = {r.tag: r for r in (
     HEADER, PROCESS, CREDS, RLIMITS, MM, VMA, VDSO, THREAD, SIGACTIONS, PENDING,
-    ITIMERS, FD, PAGES, ROUND_END, TRAILER, PIPE, ZOMBIE, OWNER)}
+    ITIMERS, FD, PAGES, ROUND_END, TRAILER, PIPE, ZOMBIE, OWNER, FILE)}
 BY_NAME: dict[str, Record] = {r.name: r for r in RECORDS.values()}

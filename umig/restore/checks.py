@@ -1,6 +1,6 @@
 """What resume checks before it starts anything: the image was made for a
-machine like this one, the files it maps are the same files, and resuming
-gives nobody privileges they did not have."""
+machine like this one and resuming gives nobody privileges they did not
+have (the files it uses: umig/files.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import platform
 
 from .. import cpu, procfs
 from ..errors import EnvironmentProblem, Incompatible, UmigError
-from ..image import schema
 from ..native import PAGE
 
 CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE = 21, 40
@@ -70,27 +69,6 @@ def check_creds(creds: dict) -> bool:
             f"the image's process held capabilities {creds['cap_eff']:#x}; a plain user "
             f"cannot give them back", hint="resume it as root")
     return False
-
-
-def check_files(vmas: list[dict]) -> None:
-    """Every file the image maps must be here, the same size and mtime."""
-    for v in vmas:
-        if v["content"] != schema.CONTENT_FILE:
-            continue
-        path = v["path"]
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise EnvironmentProblem(f"{path} (mapped at {v['start']:#x}) does not exist on "
-                                     f"this host", path=path,
-                                     hint="install the same file, or resume where it is")
-        except OSError as e:
-            raise EnvironmentProblem(f"cannot stat {path}: {e.strerror}", path=path)
-        if st.st_size != v["file_size"] or st.st_mtime_ns != v["mtime_ns"]:
-            raise EnvironmentProblem(
-                f"{path} (mapped at {v['start']:#x}) differs from the image's: size "
-                f"{st.st_size} vs {v['file_size']}, mtime {st.st_mtime_ns} vs {v['mtime_ns']}",
-                path=path, hint="resume with the same version of the file")
 
 
 def pid_state(pid: int) -> str | None:

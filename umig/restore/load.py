@@ -59,6 +59,7 @@ class Loaded:
         self.images: list[Image] = []
         self.zombies: list[dict] = []
         self.pipes: dict[int, dict] = {}
+        self.files: list[dict] = []          # FILE records (grab --ship-files)
         self._load()
         self.image = self.images[0]
 
@@ -84,6 +85,9 @@ class Loaded:
                 continue
             if name == "ZOMBIE":
                 self.zombies.append(values)
+                continue
+            if name == "FILE":
+                self.files.append(values)
                 continue
             if name == "PROCESS":
                 if img is not None:

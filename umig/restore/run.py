@@ -30,7 +30,7 @@ from typing import Callable
 
 import lz4.block
 
-from .. import tracing
+from .. import files, tracing
 from ..errors import (BadImage, EnvironmentProblem, Interrupted, RestoreFailed, UmigError)
 from ..fdtable import TO_EOF, Epoll, ResumeFds, take_locks
 from ..image import schema
@@ -661,14 +661,19 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
     for z in loaded.zombies:
         if z["ppid"] not in by_pid:
             raise BadImage(f"zombie {z['pid']}'s parent {z['ppid']} is not in the image")
+    shipped = files.check_here([(pr.pid, pr.img.vmas, pr.img.fds) for pr in procs],
+                               loaded.files)
     for pr in procs:
-        checks.check_files(pr.img.vmas)
         pr.set_creds = checks.check_creds(pr.img.creds)
     for res in (resource.RLIMIT_NOFILE,):
         soft, hard = resource.getrlimit(res)
         if soft < hard:
             resource.setrlimit(res, (hard, hard))
 
+    made = files.create(shipped)
+    if made:
+        opts.warn(f"created {len(made)} file{'s' if len(made) > 1 else ''} missing here from "
+                  f"the image: {', '.join(made)}")
     target_spans = [(v["start"], v["end"]) for pr in procs for v in pr.img.vmas]
     vdso_mode = "none"
     for pr in procs:

@@ -1,0 +1,172 @@
+"""The files a process has open or maps, by path: checked where it is
+resumed, every difference reported at once before anything starts, and,
+with `grab --ship-files`, carried in the image (FILE records) and created
+where they are missing.  A file that is there but different is never
+overwritten."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import lz4.block
+
+from .errors import EnvironmentProblem, Refused
+from .image import schema
+
+SHOWN = 4          # problems named in the one-line message
+
+
+def _uses(images) -> list[tuple[str, str, dict, str]]:
+    """(path, kind, record, what) for every file by path the processes use:
+    kind "map" (VMA content FILE), "file" (FD of a regular file), "dir"."""
+    out = []
+    for pid, vmas, fds in images:
+        for v in vmas:
+            if v["content"] == schema.CONTENT_FILE:
+                out.append((v["path"], "map", v, f"mapped at {v['start']:#x} by process {pid}"))
+        for f in fds:
+            if f["kind"] in ("file", "dir"):
+                out.append((f["path"], f["kind"], f, f"fd {f['fd']} of process {pid}"))
+    return out
+
+
+# ---- grab
+
+def ship(members, max_contents: int) -> list[dict]:
+    """FILE records for the files the members use (members: (pid, vmas,
+    fds)), each file once; refuses one bigger than max_contents."""
+    out, seen = [], set()
+    for (path, kind, rec, what), pid in _with_pids(members):
+        if kind == "dir" or (rec["dev"], rec["ino"]) in seen:
+            continue
+        seen.add((rec["dev"], rec["ino"]))
+        fd = _open_same(pid, path, kind, rec)
+        try:
+            st = os.fstat(fd)
+            if st.st_size > max_contents:
+                raise Refused(f"{path} ({what}) is {st.st_size >> 20} MiB, more than "
+                              f"--max-contents-mib ({max_contents >> 20}) allows to ship",
+                              pid=pid, path=path, hint="raise --max-contents-mib, or put the "
+                                                       "file in place where it is resumed")
+            data = os.pread(fd, st.st_size, 0) if st.st_size else b""
+        finally:
+            os.close(fd)
+        out.append({"path": path, "mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
+                    "size": len(data), "mtime_ns": st.st_mtime_ns, "dev": st.st_dev,
+                    "ino": st.st_ino, "lz4": 1, "data": lz4.block.compress(data)})
+    return out
+
+
+def _with_pids(members):
+    for pid, vmas, fds in members:
+        for use in _uses([(pid, vmas, fds)]):
+            yield use, pid
+
+
+def _open_same(pid: int, path: str, kind: str, rec: dict) -> int:
+    """The very file the process uses (its fd through /proc, or the path if
+    it is still the mapped inode, else map_files)."""
+    if kind == "file":
+        return os.open(f"/proc/{pid}/fd/{rec['fd']}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (rec["dev"], rec["ino"]):
+            return fd
+        os.close(fd)
+    except OSError:
+        pass
+    return os.open(f"/proc/{pid}/map_files/{rec['start']:x}-{rec['end']:x}",
+                   os.O_RDONLY | os.O_CLOEXEC)
+
+
+# ---- resume
+
+def _problem(path: str, kind: str, rec: dict, what: str) -> str | None:
+    """What is wrong with path here for this use, or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} ({what}) does not exist on this host"
+    except OSError as e:
+        return f"{path} ({what}): {e.strerror}"
+    if kind == "dir":
+        return None if stat.S_ISDIR(st.st_mode) else f"{path} ({what}) is not a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} ({what}) is not a regular file"
+    if kind == "map":
+        if st.st_size != rec["file_size"] or st.st_mtime_ns != rec["mtime_ns"]:
+            return (f"{path} ({what}) differs from the image's: size {st.st_size} vs "
+                    f"{rec['file_size']}, mtime {st.st_mtime_ns} vs {rec['mtime_ns']}")
+        return None
+    grown_by_appends = rec["flags"] & os.O_APPEND and st.st_size >= rec["size"]
+    if st.st_size != rec["size"] and not grown_by_appends:
+        return f"{path} ({what}) is {st.st_size} bytes, {rec['size']} when grabbed"
+    return None
+
+
+def check_here(images, shipped: list[dict]) -> list[dict]:
+    """Refuse, naming every one, if a file the processes use (images:
+    (pid, vmas, fds)) is missing or different here and no shipped copy
+    stands in for it; returns the shipped files to create."""
+    by_path = {f["path"]: f for f in shipped}
+    problems: list[str] = []
+    create: dict[str, dict] = {}
+    for path, kind, rec, what in _uses(images):
+        copy = by_path.get(path)
+        if copy is None:
+            p = _problem(path, kind, rec, what)
+            if p and p not in problems:
+                problems.append(p)
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            create[path] = copy
+            continue
+        if st.st_size != copy["size"] or st.st_mtime_ns != copy["mtime_ns"]:
+            p = (f"{path} ({what}) is here but differs from the copy in the image "
+                 f"({st.st_size} bytes, {copy['size']} shipped, or another mtime)")
+            if p not in problems:
+                problems.append(p)
+    if problems:
+        more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+        shipped_clash = any("copy in the image" in p for p in problems)
+        raise EnvironmentProblem(
+            f"{len(problems)} file{'s' if len(problems) > 1 else ''} the process uses "
+            f"{'are' if len(problems) > 1 else 'is'} missing or different here: "
+            + "; ".join(problems[:SHOWN]) + more, path=problems[0].split(" (")[0],
+            hint="move them out of the way (umig does not overwrite files)" if shipped_clash
+            else "put the same files in place, or grab with --ship-files")
+    return list(create.values())
+
+
+def create(files: list[dict]) -> list[str]:
+    """Create the shipped files that are missing here (and their
+    directories), with their mode, owner and mtime; returns their paths."""
+    made = []
+    for f in files:
+        data = lz4.block.decompress(f["data"]) if f["lz4"] else f["data"]
+        if len(data) != f["size"]:
+            raise EnvironmentProblem(f"the shipped copy of {f['path']} is {len(data)} bytes, "
+                                     f"not {f['size']}", path=f["path"])
+        try:
+            os.makedirs(os.path.dirname(f["path"]) or "/", exist_ok=True)
+            fd = os.open(f["path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         stat.S_IMODE(f["mode"]))
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if os.geteuid() == 0:
+                    os.fchown(fd, f["uid"], f["gid"])
+                os.fchmod(fd, stat.S_IMODE(f["mode"]))
+                os.utime(fd, ns=(f["mtime_ns"], f["mtime_ns"]))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot create {f['path']} from its shipped copy: "
+                                     f"{e.strerror}", path=f["path"]) from None
+        made.append(f["path"])
+    return made
