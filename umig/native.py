@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UmigError
 
-NATIVE_ABI = 4
+NATIVE_ABI = 5
 PLAN_ABI = 9
 PAGE = 4096
 

@@ -16,8 +16,14 @@ from .errors import NoProcess, UmigError, from_oserror
 def read(pid: int, name: str) -> bytes:
     path = f"/proc/{pid}/{name}"
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            parts = [os.read(fd, 65536)]
+            while parts[-1]:
+                parts.append(os.read(fd, 65536))
+        finally:
+            os.close(fd)
+        return b"".join(parts)
     except FileNotFoundError:
         if not os.path.exists(f"/proc/{pid}"):
             raise NoProcess(f"no process {pid}", pid=pid) from None

@@ -4,7 +4,7 @@
  * Python.  Every call returns a count or a negative errno.
  */
 
-#define UMIG_NATIVE_ABI 4
+#define UMIG_NATIVE_ABI 5
 
 /* A page range to read: npages pages from addr; flags UMIG_RANGE_*. */
 struct umig_range {
@@ -52,6 +52,31 @@ int64_t umig_cow_diff(int child_mem, int parent_mem, int child_pm, int parent_pm
                       uint64_t *walk_end);
 
 uint32_t umig_crc32c(uint32_t crc, const uint8_t *buf, uint64_t len);
+
+/* What /proc says of one fd of another process: stat of /proc/PID/fd/N,
+ * and where its readlink and fdinfo text went in the text buffer. */
+struct umig_fdstat {
+    int32_t fd;
+    int32_t err;               /* 0, or the errno of the step that failed */
+    uint32_t mode;
+    uint32_t nlink;
+    uint64_t dev;
+    uint64_t ino;
+    uint64_t rdev;
+    uint64_t size;
+    int64_t mtime_ns;
+    uint64_t pos;              /* fdinfo's pos: and flags: (octal) */
+    uint32_t flags;
+    uint32_t link_off, link_len;
+    uint32_t info_off, info_len;
+};
+/* Sort n fds (of processes pids[i], fd fds[i]) by their open file
+ * description (kcmp KCMP_FILE order) into order[]; same[k] = 1 when the
+ * k-th in that order shares its description with the one before. */
+int64_t umig_kcmp_sort(const int32_t *pids, const int32_t *fds, uint32_t n,
+                       uint32_t *order, uint8_t *same);
+int64_t umig_fd_scan(int pid, const int32_t *fds, uint32_t n, struct umig_fdstat *out,
+                     uint8_t *text, uint64_t textlen);
 
 long umig_ptrace(long req, int pid, uint64_t addr, uint64_t data);
 long umig_syscall6(long nr, long a, long b, long c, long d, long e, long f);

@@ -37,6 +37,9 @@ def crc32c(*parts) -> int:
     return crc
 
 
+HOLD_BELOW = 256 << 10
+
+
 class ImageWriter:
     """Writes records to a file descriptor (file, pipe or socket)."""
 
@@ -49,6 +52,8 @@ class ImageWriter:
         self.pages = 0
         self.data_bytes = 0
         self._digest = hashlib.sha256()
+        self._held: list = []          # small records not written yet (one writev for many)
+        self._held_len = 0
         self._write([schema.MAGIC, struct.pack("<II", version, 0)])
 
     def _write(self, parts: list) -> None:
@@ -75,8 +80,25 @@ class ImageWriter:
     def _write_framed(self, head: bytes, parts: list, crc: bytes) -> None:
         self._digest.update(head)
         self._digest.update(crc)
-        self._write([head, *parts, crc])
         self.records += 1
+        size = len(head) + sum(len(p) for p in parts) + len(crc)
+        if size < HOLD_BELOW:
+            # state records are many and small (10,000 fds: 10,000 FD
+            # records): gathered, they cost one writev, not one each
+            self._held += [head, *parts, crc]
+            self._held_len += size
+            if self._held_len >= HOLD_BELOW:
+                self.flush()
+            return
+        self.flush()
+        self._write([head, *parts, crc])
+
+    def flush(self) -> None:
+        """Write the records held back (before anything else is written,
+        and at the end)."""
+        held, self._held, self._held_len = self._held, [], 0
+        for i in range(0, len(held), 512):       # writev takes at most 1024 pieces
+            self._write(held[i:i + 512])
 
     def record(self, rec: schema.Record, values: dict) -> None:
         self._frame(rec.tag, FLAG_OPTIONAL if rec.optional else 0, [rec.encode(values)])
@@ -88,7 +110,11 @@ class ImageWriter:
     def page_chunk(self, chunk: "PageChunk") -> None:
         """A PAGES record prepared (and checksummed) by page_chunk_frame,
         possibly in another thread, written without copying its buffers."""
-        self._write_framed(chunk.head, chunk.parts, chunk.crc)
+        self.flush()
+        self._digest.update(chunk.head)     # never held: its buffers are reused after
+        self._digest.update(chunk.crc)
+        self.records += 1
+        self._write([chunk.head, *chunk.parts, chunk.crc])
         self.page_records += 1
         self.pages += chunk.npages
         self.data_bytes += len(chunk.parts[2])
@@ -99,6 +125,7 @@ class ImageWriter:
                   "pages": self.pages, "data_bytes": self.data_bytes,
                   "digest": self._digest.digest()}
         self._frame(schema.TRAILER.tag, 0, [schema.TRAILER.encode(values)])
+        self.flush()
         try:
             if stat.S_ISREG(os.fstat(self.fd).st_mode):
                 os.fsync(self.fd)

@@ -665,10 +665,10 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                                loaded.files)
     for pr in procs:
         pr.set_creds = checks.check_creds(pr.img.creds)
-    for res in (resource.RLIMIT_NOFILE,):
-        soft, hard = resource.getrlimit(res)
-        if soft < hard:
-            resource.setrlimit(res, (hard, hard))
+    max_dst = max([f["fd"] for pr in procs for f in pr.img.fds] + [2])
+    _enough_fds(max_dst, sum(len(pr.img.fds) for pr in procs)
+                + len({v["path"] for pr in procs for v in pr.img.vmas
+                       if v["content"] == schema.CONTENT_FILE}))
 
     made = files.create(shipped)
     if made:
@@ -680,7 +680,6 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         mode = _pick_vdso(pr, target_spans, opts)
         vdso_mode = mode if pr is procs[0] else vdso_mode
 
-    max_dst = max([f["fd"] for pr in procs for f in pr.img.fds] + [2])
     fds = ResumeFds(base=max_dst + 1, pipes=loaded.pipes)
     region_mapped = 0
     ns_init = 0
@@ -839,6 +838,23 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                 pass
         fds.close()
         fds.drop_tcp()
+
+
+def _enough_fds(max_dst: int, opens: int) -> None:
+    """umig holds every fd it makes above the process's highest fd number
+    until the restorer moves them into place: raise our soft limit to the
+    hard one, and refuse early if even that is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    need = max_dst + 1 + opens + 64
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise EnvironmentProblem(
+            f"resuming needs up to {need} open files at once (the process's fds go up to "
+            f"{max_dst}, and umig holds each one it makes above that until they are in "
+            f"place); the limit here is {hard}",
+            hint=f"raise the hard limit of open files to {need} or more (ulimit -Hn, "
+                 f"LimitNOFILE) and retry")
 
 
 class _Driver:
