@@ -316,3 +316,28 @@ def test_unix_listeners_and_bound_datagram_socket_keep_their_names(procs, tmp_pa
         assert u.recvfrom(100)[0] == b"dpong hi"
     assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
                                  None), 20, "PASS or FAIL") == "PASS", read_lines(out)
+
+
+def test_inotify_watches_come_back_with_their_numbers(procs, tmp_path):
+    """GIVEN python3 with an inotify instance watching a directory for
+    IN_CREATE and a file for IN_MODIFY, with a freed watch number between
+    them
+    WHEN grabbed and resumed, and then a file is created in the directory
+    and the file is written
+    THEN both events arrive with the original watch numbers (and the
+    created name), nothing else: PASS."""
+    watched, target = tmp_path / "watched", tmp_path / "target"
+    watched.mkdir()
+    target.write_text("a")
+    out = tmp_path / "out"
+    src = procs.start([sys.executable, str(Path(__file__).parent / "victims" / "inotify.py"),
+                       str(watched), str(target)], stdout=out.open("w"))
+    assert wait_lines(out, 1)[0] == "ready 1 3"
+    pid = grab_and_resume(procs, tmp_path, src)
+    os.kill(pid, signal.SIGUSR1)
+    wait_lines(out, 2)
+    (watched / "new").write_text("x")
+    with target.open("a") as f:
+        f.write("b")
+    assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                 None), 20, "PASS or FAIL") == "PASS", read_lines(out)

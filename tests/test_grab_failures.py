@@ -231,14 +231,15 @@ KINDS_REFUSED = {
     "netlink": ("import socket\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)",
                 "a netlink socket"),
     "pidfd": ("import os\ns = os.pidfd_open(os.getpid())", "a pidfd (anon_inode:[pidfd])"),
-    "inotify": ("import ctypes\ns = ctypes.CDLL(None).inotify_init1(0)",
-                "an inotify instance (anon_inode:inotify)"),
+    "io_uring": ("import ctypes\nparams = ctypes.create_string_buffer(120)\n"
+                 "s = ctypes.CDLL(None).syscall(425, 4, params)\nassert s == 3, s",
+                 "an io_uring instance (anon_inode:[io_uring])"),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS_REFUSED))
 def test_fd_kinds_umig_cannot_move_are_refused_by_name(procs, tmp_path, kind):
-    """GIVEN python3 holding a netlink socket, a pidfd or an inotify fd
+    """GIVEN python3 holding a netlink socket, a pidfd or an io_uring
     WHEN grabbed THEN refused naming the fd and what it is; it runs on."""
     setup, name = KINDS_REFUSED[kind]
     code = f"{setup}\nimport time\nprint('ready', flush=True)\ntime.sleep(60)"
@@ -249,3 +250,39 @@ def test_fd_kinds_umig_cannot_move_are_refused_by_name(procs, tmp_path, kind):
     assert f"process {p.pid} fd 3 is " in r.stderr.decode() and name in r.stderr.decode(), \
         r.stderr.decode()
     assert p.poll() is None and tracer(p.pid) == 0
+
+
+@pytest.mark.parametrize("how", ["socketpair", "connected"])
+def test_unix_socket_connected_outside_is_refused_by_name(procs, tmp_path, how):
+    """GIVEN python3 holding a unix stream socket whose peer this test holds
+    (one end of a socketpair it inherited, or a connection to the test's
+    listener)
+    WHEN grabbed THEN refused (exit 67) naming its fd, the socket and who
+    holds the other end; the source is left running, untraced."""
+    import socket
+    with socket.socket(socket.AF_UNIX) as lsn:
+        lsn.bind(str(tmp_path / "sock"))
+        lsn.listen(1)
+        ours = None
+        if how == "socketpair":
+            ours, theirs = socket.socketpair()
+            code = (f"import os, time\nos.dup2({theirs.fileno()}, 5)\nos.close({theirs.fileno()})\n"
+                    f"print('ready', flush=True)\ntime.sleep(60)")
+            p = procs.start([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            pass_fds=(theirs.fileno(),))
+            theirs.close()
+        else:
+            code = (f"import os, socket, time\nc = socket.socket(socket.AF_UNIX)\n"
+                    f"c.connect({str(tmp_path / 'sock')!r})\nos.dup2(c.fileno(), 5)\nc.close()\n"
+                    f"print('ready', flush=True)\ntime.sleep(60)")
+            p = procs.start([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert p.stdout.readline() == b"ready\n"
+        if how == "connected":
+            ours, _ = lsn.accept()
+        with ours:
+            r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
+            msg = r.stderr.decode()
+            assert r.returncode == Exit.REFUSED, msg
+            assert f"process {p.pid} fd 5 is " in msg and "socket" in msg, msg
+            assert f"process {os.getpid()} fd {ours.fileno()}" in msg, msg
+            assert p.poll() is None and tracer(p.pid) == 0

@@ -465,6 +465,136 @@ class Epoll(_AnonKind):
         return list(cls.ITEM.iter_unpack(rec["state"]))
 
 
+NR_inotify_init1, NR_inotify_add_watch, NR_inotify_rm_watch = 294, 254, 255
+NR_open_by_handle_at = 304
+IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, O_CLOEXEC
+
+
+class Inotify(_AnonKind):
+    """An inotify instance: state = JSON of its watches (wd, mask, path),
+    the paths found from fdinfo's file handles (open_by_handle_at, which
+    needs CAP_DAC_READ_SEARCH).  Resume adds them again under the same
+    watch descriptors (numbers the original had freed are taken and freed
+    again on a scratch file, and the IN_IGNORED events that makes are read
+    away).  Events queued unread are refused by name."""
+    name = "inotify"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return info.target == "anon_inode:inotify"
+
+    @classmethod
+    def state(cls, pid: int, info: FdInfo) -> bytes:
+        import json
+        ours = take_fd(pid, info.fd)
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(ours, FIONREAD, b"\0" * 4))[0]
+        finally:
+            os.close(ours)
+        if queued:
+            raise Refused(f"process {pid} fd {info.fd} is an inotify instance with {queued} "
+                          f"bytes of events queued, which would be lost", pid=pid, fd=info.fd,
+                          hint="grab it again once the program has read them")
+        watches = []
+        for line in info.raw.splitlines():
+            if not line.startswith("inotify wd:"):
+                continue
+            f = dict(x.split(":", 1) for x in line.split()[1:] if ":" in x)
+            sdev = int(f["sdev"], 16)
+            path = _watched_path(pid, info.fd, os.makedev(sdev >> 20, sdev & 0xFFFFF),
+                                 int(f["fhandle-type"]), f["f_handle"])
+            watches.append({"wd": int(f["wd"]), "mask": int(f["mask"], 16), "path": path})
+        return json.dumps({"watches": sorted(watches, key=lambda w: w["wd"])}).encode()
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        import json
+        import tempfile
+        from .native import syscall
+        watches = json.loads(rec["state"])["watches"]
+        fd = syscall(NR_inotify_init1, IN_CLOEXEC | IN_NONBLOCK)
+        try:
+            scratch = None
+            next_wd = 1
+            for w in watches:
+                while next_wd < w["wd"]:       # take and give back a freed number
+                    if scratch is None:
+                        scratch = tempfile.TemporaryDirectory(prefix="umig-inotify-")
+                    junk = os.path.join(scratch.name, str(next_wd))
+                    open(junk, "w").close()
+                    got = _add_watch(fd, junk, 1)
+                    syscall(NR_inotify_rm_watch, fd, got)
+                    next_wd = got + 1
+                try:
+                    got = _add_watch(fd, w["path"], w["mask"])
+                except OSError as e:
+                    raise EnvironmentProblem(
+                        f"fd {rec['fd']}: cannot watch {w['path']} again (inotify watch "
+                        f"{w['wd']}): {e.strerror}", fd=rec["fd"], path=w["path"],
+                        hint="create it, or resume where it is") from None
+                if got != w["wd"]:
+                    raise EnvironmentProblem(f"fd {rec['fd']}: the inotify watch on {w['path']} "
+                                             f"got number {got}, not {w['wd']}", fd=rec["fd"])
+                next_wd = got + 1
+            if scratch is not None:
+                scratch.cleanup()
+            while True:                        # the IN_IGNORED events of the scratch watches
+                try:
+                    os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._made(fd, rec)
+
+
+def _add_watch(fd: int, path: str, mask: int) -> int:
+    from .native import ffi, syscall
+    buf = ffi.new("char[]", os.fsencode(path))       # alive until the call returns
+    return syscall(NR_inotify_add_watch, fd, int(ffi.cast("uintptr_t", buf)), mask)
+
+
+def _mount_of(dev: int) -> str | None:
+    """A mount point of the filesystem with this device number, mounted
+    from its root (a file handle resolves through any such mount)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            if parts[2] == want and parts[3] == "/":
+                return parts[4].replace("\\040", " ")
+    return None
+
+
+def _watched_path(pid: int, fd: int, dev: int, htype: int, handle_hex: str) -> str:
+    """The path of the inode an inotify watch is on, from its file handle."""
+    from .native import ffi, syscall
+    what = f"process {pid} fd {fd} is an inotify instance"
+    mnt = _mount_of(dev)
+    if mnt is None:
+        raise Refused(f"{what} watching a file on device {os.major(dev)}:{os.minor(dev)}, "
+                      f"which is not mounted here from its root", pid=pid, fd=fd)
+    handle = bytes.fromhex(handle_hex)
+    buf = ffi.new("char[]", struct.pack("Ii", len(handle), htype) + handle)
+    mfd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
+    try:
+        found = syscall(NR_open_by_handle_at, mfd, int(ffi.cast("uintptr_t", buf)),
+                        os.O_PATH | O_CLOEXEC)
+    except OSError as e:
+        why = ("finding the watched paths needs CAP_DAC_READ_SEARCH (root)"
+               if e.errno == errno.EPERM else
+               "a watched file is gone" if e.errno == errno.ESTALE else e.strerror)
+        raise Refused(f"{what}: {why}", pid=pid, fd=fd,
+                      hint="run umig as root, or close it in the program") from None
+    finally:
+        os.close(mfd)
+    try:
+        return os.readlink(f"/proc/self/fd/{found}")
+    finally:
+        os.close(found)
+
+
 class DeletedFile(FdKind):
     """A regular file deleted while open: its contents go into the image
     (state, up to --max-contents-mib) and resume makes an unlinked file
@@ -1116,7 +1246,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd,
-    TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, TcpConnection, Fifo)}
+    TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:
@@ -1150,7 +1280,7 @@ def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
             rec.setdefault("desc", 0)
             if rec["kind"] in (RegularFile.name, Directory.name, SimpleDevice.name,
                                EventFd.name, TimerFd.name, SignalFd.name, Epoll.name,
-                               MemFd.name, DeletedFile.name, UnixPair.name):
+                               MemFd.name, DeletedFile.name, UnixPair.name, Inotify.name):
                 groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
     next_id = 1
     for group in groups.values():
