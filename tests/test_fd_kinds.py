@@ -341,3 +341,14 @@ def test_inotify_watches_come_back_with_their_numbers(procs, tmp_path):
         f.write("b")
     assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
                                  None), 20, "PASS or FAIL") == "PASS", read_lines(out)
+
+
+def test_proc_and_sys_files_are_reopened_for_the_resumed_process(procs, tmp_path):
+    """GIVEN python3 holding /proc/self/status (10 bytes read), /proc/PID/stat,
+    /proc/meminfo and a /sys file
+    WHEN grabbed and resumed (the /proc/PID directory is gone meanwhile)
+    THEN the /proc/PID files are the resumed process's own, at their offsets,
+    and the others read as before: PASS."""
+    script = Path(__file__).parent / "victims" / "procfiles.py"
+    assert moved(procs, tmp_path, [sys.executable, str(script)]) == "PASS", \
+        read_lines(tmp_path / "out")

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import functools
 import os
+import re
 import socket
 import stat
 import struct
@@ -181,6 +182,39 @@ class RegularFile(FdKind):
         if not rec["flags"] & O_APPEND:
             os.lseek(fd, rec["pos"], os.SEEK_SET)
         return fd
+
+
+PROC_PID = re.compile(r"^/proc/(\d+)(/.*)?$")
+
+
+class ProcPidFile(FdKind):
+    """A file under /proc/PID/ of the process itself (or of a thread or
+    member of the grabbed tree): /proc/PID/status, /proc/self/stat, ...
+    Reopened by the resumed process itself, under its new pid, once it
+    exists (injected openat at the end of the resume: ResumeFds.late),
+    with its flags and offset.  Other /proc and /sys files are regular
+    files reopened by path."""
+    name = "procpid"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return PROC_PID.match(info.target) is not None and info.st.st_dev == _proc_dev()
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        # a stand-in until the process reopens it (restore/run.py)
+        return os.open("/dev/null", os.O_RDONLY | O_CLOEXEC)
+
+    @staticmethod
+    def new_path(path: str, pids: dict[int, int]) -> str:
+        """The path under the resumed pids (pids: image pid/tid -> new)."""
+        m = PROC_PID.match(path)
+        return f"/proc/{pids.get(int(m.group(1)), int(m.group(1)))}{m.group(2) or ''}"
+
+
+@functools.cache
+def _proc_dev() -> int:
+    return os.stat("/proc/self").st_dev
 
 
 class Directory(FdKind):
@@ -1245,8 +1279,8 @@ class MemFd(FdKind):
 
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
-    Stdio, MemFd, DeletedFile, RegularFile, Directory, SimpleDevice, Terminal, Pipe, EventFd,
-    TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
+    Stdio, MemFd, DeletedFile, ProcPidFile, RegularFile, Directory, SimpleDevice, Terminal,
+    Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
 
 
 def check_epolls(pid: int, fds: list[dict]) -> None:

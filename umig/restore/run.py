@@ -32,7 +32,7 @@ import lz4.block
 
 from .. import files, tracing
 from ..errors import (BadImage, EnvironmentProblem, Interrupted, RestoreFailed, UmigError)
-from ..fdtable import TO_EOF, Epoll, ResumeFds, take_locks
+from ..fdtable import O_CLOEXEC, TO_EOF, Epoll, ProcPidFile, ResumeFds, take_locks
 from ..image import schema
 from ..image.stream import ImageReader, decode_pages
 from ..critical import critical
@@ -803,8 +803,10 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                 child.thread_ready(tid, pr.plan_addr)
                 _follow_to_sigreturn(child, tid)
             _follow_to_sigreturn(child, child.pid)
+        pidmap = {pr.pid: pr.child.pid for pr in procs}
         for pr in procs:
             with Injector(pr.child.pid, pr.child.memfd, base + lib.UMIG_BLOB_GADGET_OFF) as inj:
+                _reopen_proc_files(pr, inj, region.data_base, pidmap)
                 r = inj.syscall(NR_munmap, base, region.size)
                 if r != 0:
                     raise RestoreFailed(f"could not unmap the restorer from process "
@@ -838,6 +840,34 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
                 pass
         fds.close()
         fds.drop_tcp()
+
+
+NR_openat, NR_dup3, NR_close, NR_lseek = 257, 292, 3, 8
+AT_FDCWD = -100 & 0xFFFFFFFFFFFFFFFF
+
+
+def _reopen_proc_files(pr: _Proc, inj: Injector, scratch: int, pidmap: dict[int, int]) -> None:
+    """The process opens its /proc/PID files itself, under its new pid (the
+    restorer gave it /dev/null in their place); scratch: memory of the
+    restorer's region, free now, for the paths."""
+    for rec in pr.img.fds:
+        if rec["kind"] != ProcPidFile.name:
+            continue
+        path = ProcPidFile.new_path(rec["path"], pidmap)
+        os.pwrite(pr.child.memfd, os.fsencode(path) + b"\0", scratch)
+        flags = rec["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+        nfd = inj.syscall(NR_openat, AT_FDCWD, scratch, flags, 0)
+        if nfd < 0:
+            raise EnvironmentProblem(f"process {pr.child.pid} could not open {path} again for "
+                                     f"fd {rec['fd']}: {os.strerror(-nfd)}", fd=rec["fd"],
+                                     path=path)
+        r = inj.syscall(NR_dup3, nfd, rec["fd"], O_CLOEXEC if rec["cloexec"] else 0)
+        inj.syscall(NR_close, nfd)
+        if r < 0:
+            raise RestoreFailed(f"process {pr.child.pid}: dup3 to fd {rec['fd']} failed: "
+                                f"{os.strerror(-r)}")
+        if rec["pos"] and not rec["flags"] & os.O_APPEND:
+            inj.syscall(NR_lseek, rec["fd"], rec["pos"], os.SEEK_SET)
 
 
 def _enough_fds(max_dst: int, opens: int) -> None:
