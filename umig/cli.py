@@ -88,10 +88,10 @@ def cmd_grab(args) -> int:
     for w in stats.warnings:
         _warn(w)
     if stats.tcp_locks:
-        _warn(f"{stats.tcp} TCP connection(s) are held back (nft table"
-              f"{'s' if len(stats.tcp_locks) > 1 else ''} inet {', '.join(stats.tcp_locks)}) "
-              f"until umig resume takes them on this host; to give them up instead: "
-              f"nft delete table inet NAME")
+        tables = ", ".join(f"inet {t}" for t in stats.tcp_locks)
+        _warn(f"{stats.tcp} TCP connection(s) are held back (nft table {tables}) until umig "
+              f"resume takes them on this host; to give them up instead: nft delete table "
+              f"{tables.split(', ')[0] if len(stats.tcp_locks) == 1 else 'inet NAME'}")
     if args.verbose or os.isatty(2):
         state = {"kill": "killed", "running": "left running", "stopped": "left stopped"}[finish]
         who = (f"process {stats.pid}" if stats.processes == 1 else

@@ -255,9 +255,14 @@ class SimpleDevice(FdKind):
         return _open(path, rec)
 
 
+PTMX = (5, 2)
+
+
 def _is_tty(st: os.stat_result) -> bool:
-    # pty slaves (136-143), consoles and virtual terminals (4, 5)
-    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in (4, 5, *range(136, 144))
+    # pty slaves (136-143), consoles, /dev/tty and virtual terminals (4, 5);
+    # not a pty master (/dev/ptmx, 5:2): its slave's programs would be lost
+    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in (4, 5, *range(136, 144)) \
+        and (os.major(st.st_rdev), os.minor(st.st_rdev)) != PTMX
 
 
 TCGETS, TCSETSW, TIOCGWINSZ, TIOCSWINSZ = 0x5401, 0x5403, 0x5413, 0x5414
@@ -1468,6 +1473,8 @@ def _what(info: FdInfo) -> str:
             (v for k, v in ANON_NAMES.items() if kind.startswith(k)), f"an {kind}")
         return f"{name} ({t})"
     mode = info.st.st_mode
+    if stat.S_ISCHR(mode) and (os.major(info.st.st_rdev), os.minor(info.st.st_rdev)) == PTMX:
+        return f"a pty master ({t})"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return f"device {t} ({os.major(info.st.st_rdev)}:{os.minor(info.st.st_rdev)})"
     if stat.S_ISFIFO(mode):
