@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
                   "readlink, stat and fdinfo of every fd, read in one thread (umig reads "
                   "them in two).  \"fd limit\": umig resume needs about twice the fds (it "
                   "holds each one above the process's highest fd until the restorer moves "
-                  "it) and the hard limit of open files here is lower.", highlight=False)
+                  "it) and the hard limit of open files here is lower.", highlight=False)  # noqa: E501
     return 0 if ok else 1
 
 

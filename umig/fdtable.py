@@ -1615,8 +1615,13 @@ class ResumeFds:
     """The resuming side: recreates every fd in the resuming process, above
     `base` so that none collides with a target number."""
 
-    def __init__(self, base: int, pipes: dict[int, dict] | None = None):
+    def __init__(self, base: int, pipes: dict[int, dict] | None = None,
+                 direct: bool = False):
         self.base = base
+        # one process: an fd is made at its own number when umig has that
+        # number free, so resume needs about as many fds as the process, not
+        # twice (the restorer then only sets its close-on-exec bit)
+        self.direct = direct
         self.opened: set[int] = set()           # ours, above base
         self.pipes = pipes or {}                 # PIPE records by ino
         self._pipe_ends: dict[int, tuple[int, int]] = {}
@@ -1725,6 +1730,22 @@ class ResumeFds:
         finally:
             signal.signal(signal.SIGTTOU, old_ttou)
 
+    def _place(self, fd: int, dst: int) -> int:
+        """fd moved to dst if umig has nothing there (else above base)."""
+        try:
+            fcntl.fcntl(dst, fcntl.F_GETFD)
+            return self.keep(fd)            # one of umig's own fds is there
+        except OSError:
+            pass
+        os.dup2(fd, dst, inheritable=False)
+        os.close(fd)
+        self.opened.add(dst)
+        return dst
+
+    def high(self) -> int:
+        """The highest of our fds above base (the restore-only range's end)."""
+        return max((fd for fd in self.opened if fd >= self.base), default=self.base)
+
     def keep(self, fd: int) -> int:
         """Move a freshly opened fd of ours above base; returns the new number."""
         high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, self.base)
@@ -1756,7 +1777,7 @@ class ResumeFds:
             return self.memfds[rec["ino"]]       # the same memfd at another fd
         fd = kind.recreate(rec, self)
         if fd not in self.opened:       # not one of ours already (a pipe's or pair's end)
-            fd = self.keep(fd)
+            fd = self._place(fd, rec["fd"]) if self.direct else self.keep(fd)
         if desc:
             self._descs[desc] = fd
         if kind is MemFd:

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import UmigError
 
 NATIVE_ABI = 5
-PLAN_ABI = 9
+PLAN_ABI = 10
 PAGE = 4096
 
 try:

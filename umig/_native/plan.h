@@ -12,7 +12,7 @@
  * Bump UMIG_PLAN_ABI on any change of layout or meaning.
  */
 
-#define UMIG_PLAN_ABI 9
+#define UMIG_PLAN_ABI 10
 #define UMIG_PLAN_MAGIC 0x4e414c5047494d55
 
 /* Fixed offsets inside restorer.bin (see the head of restorer.c). */

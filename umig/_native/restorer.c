@@ -133,14 +133,20 @@ static void set_mask(uint64_t mask)
 }
 
 /* Install the target's fds at their numbers; close everything else but
- * the restore-only range [aux_lo, aux_hi].  fds[] is sorted by dst and every
- * src lies in the aux range, above every dst. */
+ * the restore-only range [aux_lo, aux_hi].  fds[] is sorted by dst; every
+ * src lies in the aux range, above every dst, or is its dst already (umig
+ * made it there: then only its close-on-exec bit is set). */
 static void restore_fds(struct umig_plan *p)
 {
     struct umig_fdmap *f = (struct umig_fdmap *)p->fds;
     long next = 0;
     for (uint32_t i = 0; i < p->nfds; i++) {
-        CHECK(UMIG_STEP_FDS, sys3(NR_dup3, f[i].src, f[i].dst, f[i].cloexec ? O_CLOEXEC : 0));
+        if (f[i].src == f[i].dst)
+            CHECK(UMIG_STEP_FDS, sys3(NR_fcntl, f[i].dst, 2 /* F_SETFD */,
+                                      f[i].cloexec ? 1 /* FD_CLOEXEC */ : 0));
+        else
+            CHECK(UMIG_STEP_FDS, sys3(NR_dup3, f[i].src, f[i].dst,
+                                      f[i].cloexec ? O_CLOEXEC : 0));
         if (f[i].dst > next)
             CHECK(UMIG_STEP_FDS, sys3(NR_close_range, next, f[i].dst - 1, 0));
         next = f[i].dst + 1;

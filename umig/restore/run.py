@@ -545,7 +545,7 @@ def _fill_plan(pr: _Proc, p, fds: ResumeFds, opts: ResumeOptions) -> list[dict]:
     p.nfds = len(pr.fdmap)
     p.cwd_fd = pr.cwd_fd
     p.aux_lo = fds.base
-    p.aux_hi = max(fds.opened)
+    p.aux_hi = fds.high()
     p.nvmas = len(pr.vmas)
     p.ndiscards = len(_discards(img))
     p.nepitems = len(pr.epitems)
@@ -666,9 +666,12 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
     for pr in procs:
         pr.set_creds = checks.check_creds(pr.img.creds)
     max_dst = max([f["fd"] for pr in procs for f in pr.img.fds] + [2])
-    _enough_fds(max_dst, sum(len(pr.img.fds) for pr in procs)
-                + len({v["path"] for pr in procs for v in pr.img.vmas
-                       if v["content"] == schema.CONTENT_FILE}))
+    # above max_dst: every fd of a tree; of one process, the ends of its
+    # pipes and socket pairs (made in pairs), and what only restoring needs
+    held_high = sum(len(pr.img.fds) for pr in procs) if len(procs) > 1 else sum(
+        1 for rec in procs[0].img.fds if rec["kind"] in ("pipe", "unix"))
+    _enough_fds(max_dst, held_high + len({v["path"] for pr in procs for v in pr.img.vmas
+                                          if v["content"] == schema.CONTENT_FILE}))
 
     made = files.create(shipped)
     if made:
@@ -680,7 +683,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         mode = _pick_vdso(pr, target_spans, opts)
         vdso_mode = mode if pr is procs[0] else vdso_mode
 
-    fds = ResumeFds(base=max_dst + 1, pipes=loaded.pipes)
+    fds = ResumeFds(base=max_dst + 1, pipes=loaded.pipes, direct=len(procs) == 1)
     region_mapped = 0
     ns_init = 0
     try:
