@@ -352,3 +352,15 @@ def test_proc_and_sys_files_are_reopened_for_the_resumed_process(procs, tmp_path
     script = Path(__file__).parent / "victims" / "procfiles.py"
     assert moved(procs, tmp_path, [sys.executable, str(script)]) == "PASS", \
         read_lines(tmp_path / "out")
+
+
+def test_datagram_and_seqpacket_pairs_keep_their_queued_messages(procs, tmp_path):
+    """GIVEN python3 with a SOCK_DGRAM and a SOCK_SEQPACKET socketpair, each
+    with four messages queued one way (of 5, 0 or 1, 5000 and 4 bytes) and
+    two the other
+    WHEN grabbed and resumed
+    THEN every message comes back whole, in order, none lost, doubled or
+    merged, and the pairs still carry new ones: PASS."""
+    script = Path(__file__).parent / "victims" / "dgrampairs.py"
+    assert moved(procs, tmp_path, [sys.executable, str(script)]) == "PASS", \
+        read_lines(tmp_path / "out")

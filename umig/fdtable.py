@@ -812,9 +812,10 @@ _diag_table: dict[int, dict] | None = None
 class UnixPair(FdKind):
     """An end of a connected, unnamed unix socket pair (socketpair) whose
     other end the grabbed processes hold too, or that nobody holds any
-    more.  state = <I type, I shutdown, Q peer ino> + the bytes queued for
-    it to read (stream sockets; read with MSG_PEEK, nothing consumed).
-    Resume makes one socketpair per pair and queues the bytes again."""
+    more.  state = <I type, I shutdown, Q peer ino> + what is queued for it
+    to read, peeked, nothing consumed: the bytes (stream), or each message
+    as <I length> + bytes (datagram, seqpacket).  Resume makes one
+    socketpair per pair and queues them again through the peer."""
     name = "unix"
     HEAD = struct.Struct("<IIQ")
 
@@ -835,15 +836,30 @@ class UnixPair(FdKind):
                           f"{info.target}): umig moves socketpairs only so far", pid=pid, fd=fd)
         rec = super().describe(pid, info)
         data = b""
-        if d["rqueue"]:
-            if d["type"] != socket.SOCK_STREAM:
-                raise Refused(f"process {pid} fd {fd} is a socket ({kind}, {info.target}) "
-                              f"with messages queued; umig carries queued bytes of stream "
-                              f"sockets only so far", pid=pid, fd=fd,
-                              hint="let the program read them first")
+        if d["type"] != socket.SOCK_STREAM:
+            # rqueue is only the first message's length here (0 for an
+            # empty one): always look
+            data = b"".join(MSG_LEN.pack(len(m)) + m
+                            for m in _peek_messages(pid, fd, info.target))
+        elif d["rqueue"]:
             data = _peek(pid, fd, d["rqueue"], info.target)
         rec["state"] = cls.HEAD.pack(d["type"], d["shutdown"], d["peer"]) + data
         return rec
+
+    @classmethod
+    def queued(cls, rec: dict) -> list[bytes]:
+        """What rec's end had queued to read: one piece of bytes (stream),
+        or its messages (datagram, seqpacket), in order."""
+        stype = cls.HEAD.unpack_from(rec["state"])[0]
+        data = memoryview(rec["state"])[cls.HEAD.size:]
+        if stype == socket.SOCK_STREAM:
+            return [bytes(data)] if data else []
+        out, at = [], 0
+        while at < len(data):
+            n = MSG_LEN.unpack_from(data, at)[0]
+            out.append(bytes(data[at + 4:at + 4 + n]))
+            at += 4 + n
+        return out
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
@@ -943,6 +959,53 @@ def _unlink_stale(path: bytes, stype: int, shown: str, fd: int) -> None:
                              fd=fd, hint="stop that process")
 
 
+MSG_LEN = struct.Struct("<I")
+SO_PEEK_OFF = 42
+
+
+def _peek_messages(pid: int, fd: int, target: str) -> list[bytes]:
+    """The messages queued on pid's unix datagram or seqpacket socket fd,
+    in order, peeked one after the other with a peek offset (SO_PEEK_OFF,
+    put back as it was: nothing is consumed); refuses fds or credentials
+    in flight."""
+    ours = take_fd(pid, fd)
+    s = socket.socket(fileno=ours)
+    out = []
+    try:
+        before = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        try:
+            while True:
+                try:
+                    data, anc, _flags, _addr = s.recvmsg(
+                        1 << 20, socket.CMSG_SPACE(253 * 4), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                _no_ancillary(anc, pid, fd, target)
+                out.append(data)
+                if len(out) > MAX_MESSAGES:
+                    raise UmigError(f"process {pid} fd {fd}: more than {MAX_MESSAGES} messages "
+                                    f"peeked on {target}", pid=pid, fd=fd)
+        finally:
+            s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, before)
+    finally:
+        s.close()
+    return out
+
+
+MAX_MESSAGES = 100000
+
+
+def _no_ancillary(anc, pid: int, fd: int, target: str) -> None:
+    for level, typ, cdata in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            for k in range(0, len(cdata) - len(cdata) % 4, 4):
+                os.close(struct.unpack_from("i", cdata, k)[0])   # peeking installed them
+        raise Refused(f"process {pid} fd {fd} is a socket ({target}) with file "
+                      f"descriptors or credentials in flight; umig cannot carry those yet",
+                      pid=pid, fd=fd, hint="let the program read them first")
+
+
 def _peek(pid: int, fd: int, size: int, target: str) -> bytes:
     """The bytes queued on pid's unix stream socket fd, peeked (not
     consumed); refuses fds or credentials in flight."""
@@ -954,13 +1017,7 @@ def _peek(pid: int, fd: int, size: int, target: str) -> bytes:
                                                  socket.MSG_PEEK | socket.MSG_DONTWAIT)
         finally:
             s.detach()
-        for level, typ, cdata in anc:
-            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                for k in range(0, len(cdata) - len(cdata) % 4, 4):
-                    os.close(struct.unpack_from("i", cdata, k)[0])   # peeking installed them
-            raise Refused(f"process {pid} fd {fd} is a socket ({target}) with file "
-                          f"descriptors or credentials in flight; umig cannot carry those yet",
-                          pid=pid, fd=fd, hint="let the program read them first")
+        _no_ancillary(anc, pid, fd, target)
         if len(data) != size:
             raise UmigError(f"process {pid} fd {fd}: peeked {len(data)} of the {size} bytes "
                             f"queued on {target}", pid=pid, fd=fd)
@@ -1651,10 +1708,21 @@ class ResumeFds:
         ends = {rec["ino"]: UnixPair.HEAD.unpack_from(rec["state"]) + (rec,) for rec in fds
                 if rec["kind"] == UnixPair.name}
         for ino, (_stype, _shut, peer, rec) in ends.items():       # the bytes first ...
-            data = memoryview(rec["state"])[UnixPair.HEAD.size:]
             other = self._unix[peer or -ino]
-            while data:
-                data = data[os.write(other, data):]
+            if _stype == socket.SOCK_STREAM:
+                for piece in UnixPair.queued(rec):
+                    data = memoryview(piece)
+                    while data:
+                        data = data[os.write(other, data):]
+                continue
+            with socket.socket(fileno=os.dup(other)) as s:
+                for msg in UnixPair.queued(rec):    # a send per message keeps its bounds
+                    try:
+                        s.send(msg, socket.MSG_DONTWAIT)
+                    except OSError as e:
+                        raise EnvironmentProblem(
+                            f"fd {rec['fd']}: cannot queue its messages again: {e.strerror} "
+                            f"(is net.unix.max_dgram_qlen lower here?)", fd=rec["fd"]) from None
         for ino, (_stype, shut, peer, _rec) in ends.items():        # ... then shutdowns
             how = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}.get(shut)
             if how is not None:
