@@ -364,3 +364,16 @@ def test_datagram_and_seqpacket_pairs_keep_their_queued_messages(procs, tmp_path
     script = Path(__file__).parent / "victims" / "dgrampairs.py"
     assert moved(procs, tmp_path, [sys.executable, str(script)]) == "PASS", \
         read_lines(tmp_path / "out")
+
+
+def test_deleted_files_that_are_mapped_come_back(victim, procs, tmp_path):
+    """GIVEN a program mapping deleted file A twice shared and once
+    privately (one private page written) and deleted file B shared while
+    also holding it open
+    WHEN grabbed and resumed
+    THEN the contents are there, A's shared mappings are one object again,
+    the private page is kept, and B's fd and mapping are one file: PASS."""
+    files = tmp_path / "files"
+    files.mkdir()
+    assert moved(procs, tmp_path, [victim("deletedmap"), str(files)]) == "PASS", \
+        read_lines(tmp_path / "out")

@@ -543,9 +543,11 @@ def _vma_kind(v: procfs.Vma, pid: int, tracking: bool = False) -> tuple[int, int
     if p.startswith("/memfd:"):
         raise Refused(f"process {pid} maps a memfd at {v.start:#x} ({p}); not supported "
                       f"yet", pid=pid)
-    if v.deleted:
+    if v.deleted and not p.startswith("/"):
         raise Refused(f"process {pid} maps a deleted file at {v.start:#x} ({p}); not "
                       f"supported yet", pid=pid, path=p)
+    # a deleted file (path ending " (deleted)") is mapped like any other, from
+    # the unlinked copy resume makes of its contents (files.deleted_maps)
     if p.startswith("["):
         raise Refused(f"process {pid} has a special mapping {p} at {v.start:#x} that umig "
                       f"cannot move", pid=pid)
@@ -1129,6 +1131,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         fdtable.Fifo.contents([(m.t.pid, m.fds) for m in members])
         shipped = files.ship([(m.t.pid, m.vmas, m.fds) for m in members],
                              max_contents) if ship_files else []
+        shipped += files.deleted_maps([(m.t.pid, m.vmas, m.fds) for m in members],
+                                      max_contents)
         _shared_once(members)
         _inherit(members)
         check()

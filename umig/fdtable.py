@@ -657,23 +657,8 @@ class DeletedFile(FdKind):
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
-        key = (rec["dev"], rec["ino"])
-        tmp = ctx.deleted.get(key)
-        if tmp is None:          # the first fd of this file: make it
-            path = rec["path"][:-len(" (deleted)")]
-            where = os.path.dirname(path)
-            if not os.path.isdir(where):
-                where = "/tmp"
-            try:
-                made = os.open(where, os.O_TMPFILE | os.O_RDWR | O_CLOEXEC,
-                               rec["mode"] & 0o7777)
-            except OSError:
-                made = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | O_CLOEXEC,
-                               rec["mode"] & 0o7777)
-            tmp = ctx.deleted[key] = ctx.keep(made)
-            data = memoryview(rec["state"])
-            while data:
-                data = data[os.write(tmp, data):]
+        tmp = ctx.deleted_file((rec["dev"], rec["ino"]), rec["path"], rec["mode"],
+                               rec["state"])
         # the original's access mode and flags: open it again through /proc
         fd = os.open(f"/proc/self/fd/{tmp}", (rec["flags"] & ~_OPEN_ONLY) | O_CLOEXEC)
         if not rec["flags"] & O_APPEND:
@@ -1764,6 +1749,26 @@ class ResumeFds:
                 os.close(end)
                 self.opened.remove(end)
         return ends
+
+    def deleted_file(self, key: tuple[int, int], path: str, mode: int, data: bytes) -> int:
+        """Our unlinked copy of the deleted file key (dev, ino), made with
+        data the first time (O_TMPFILE, in its directory when it is there,
+        else in /tmp), for its fds and mappings alike."""
+        tmp = self.deleted.get(key)
+        if tmp is not None:
+            return tmp
+        where = os.path.dirname(path[:-len(" (deleted)")])
+        if not os.path.isdir(where):
+            where = "/tmp"
+        try:
+            made = os.open(where, os.O_TMPFILE | os.O_RDWR | O_CLOEXEC, mode & 0o7777)
+        except OSError:
+            made = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | O_CLOEXEC, mode & 0o7777)
+        tmp = self.deleted[key] = self.keep(made)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(tmp, view):]
+        return tmp
 
     def tcp_go(self) -> list[str]:
         """The process is let go: its TCP connections leave repair mode and

@@ -15,6 +15,7 @@ from .errors import EnvironmentProblem, Refused
 from .image import schema
 
 SHOWN = 4          # problems named in the one-line message
+DELETED = " (deleted)"
 
 
 def _uses(images) -> list[tuple[str, str, dict, str]]:
@@ -23,7 +24,7 @@ def _uses(images) -> list[tuple[str, str, dict, str]]:
     out = []
     for pid, vmas, fds in images:
         for v in vmas:
-            if v["content"] == schema.CONTENT_FILE:
+            if v["content"] == schema.CONTENT_FILE and not v["path"].endswith(DELETED):
                 out.append((v["path"], "map", v, f"mapped at {v['start']:#x} by process {pid}"))
         for f in fds:
             if f["kind"] in ("file", "dir"):
@@ -56,6 +57,55 @@ def ship(members, max_contents: int) -> list[dict]:
                     "size": len(data), "mtime_ns": st.st_mtime_ns, "dev": st.st_dev,
                     "ino": st.st_ino, "lz4": 1, "data": lz4.block.compress(data)})
     return out
+
+
+def deleted_maps(members, max_contents: int) -> list[dict]:
+    """FILE records (path ending " (deleted)") for the deleted files the
+    members map and hold no fd of (an fd's record carries the contents
+    then), read through /proc/PID/map_files; resume maps the unlinked copy
+    it makes of each."""
+    by_fd = {(f["dev"], f["ino"]) for _pid, _vmas, fds in members for f in fds
+             if f["kind"] == "deleted"}
+    out, seen = [], set()
+    for pid, vmas, _fds in members:
+        for v in vmas:
+            key = (v["dev"], v["ino"])
+            if v["content"] != schema.CONTENT_FILE or not v["path"].endswith(DELETED) \
+                    or key in by_fd or key in seen:
+                continue
+            seen.add(key)
+            try:
+                fd = os.open(f"/proc/{pid}/map_files/{v['start']:x}-{v['end']:x}",
+                             os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise Refused(f"process {pid} maps a deleted file at {v['start']:#x} "
+                              f"({v['path']}); umig reads it through /proc/{pid}/map_files, "
+                              f"which it may not: {e.strerror}", pid=pid, path=v["path"],
+                              hint="run umig as root") from None
+            try:
+                st = os.fstat(fd)
+                if st.st_size > max_contents:
+                    raise Refused(f"process {pid} maps a deleted file at {v['start']:#x} "
+                                  f"({v['path']}) of {st.st_size >> 20} MiB, more than "
+                                  f"--max-contents-mib ({max_contents >> 20}) allows",
+                                  pid=pid, path=v["path"], hint="raise --max-contents-mib")
+                data = os.pread(fd, st.st_size, 0) if st.st_size else b""
+            finally:
+                os.close(fd)
+            out.append({"path": v["path"], "mode": st.st_mode, "uid": st.st_uid,
+                        "gid": st.st_gid, "size": len(data), "mtime_ns": st.st_mtime_ns,
+                        "dev": v["dev"], "ino": v["ino"], "lz4": 1,
+                        "data": lz4.block.compress(data)})
+    return out
+
+
+def contents(f: dict) -> bytes:
+    """A FILE record's contents."""
+    data = lz4.block.decompress(f["data"]) if f["lz4"] else f["data"]
+    if len(data) != f["size"]:
+        raise EnvironmentProblem(f"the copy of {f['path']} in the image is {len(data)} bytes, "
+                                 f"not {f['size']}", path=f["path"])
+    return data
 
 
 def _with_pids(members):
@@ -110,7 +160,7 @@ def check_here(images, shipped: list[dict]) -> list[dict]:
     """Refuse, naming every one, if a file the processes use (images:
     (pid, vmas, fds)) is missing or different here and no shipped copy
     stands in for it; returns the shipped files to create."""
-    by_path = {f["path"]: f for f in shipped}
+    by_path = {f["path"]: f for f in shipped if not f["path"].endswith(DELETED)}
     problems: list[str] = []
     create: dict[str, dict] = {}
     for path, kind, rec, what in _uses(images):
@@ -147,10 +197,7 @@ def create(files: list[dict]) -> list[str]:
     directories), with their mode, owner and mtime; returns their paths."""
     made = []
     for f in files:
-        data = lz4.block.decompress(f["data"]) if f["lz4"] else f["data"]
-        if len(data) != f["size"]:
-            raise EnvironmentProblem(f"the shipped copy of {f['path']} is {len(data)} bytes, "
-                                     f"not {f['size']}", path=f["path"])
+        data = contents(f)
         try:
             os.makedirs(os.path.dirname(f["path"]) or "/", exist_ok=True)
             fd = os.open(f["path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,

@@ -96,13 +96,23 @@ def _vma_plan(img, map_fds: dict, shm: dict[int, int]) -> list[dict]:
     return out
 
 
-def _open_mapped(img, fds: ResumeFds) -> dict:
+def _open_mapped(img, fds: ResumeFds, files_: list[dict]) -> dict:
     out = {}
     for v in img.vmas:
         if v["content"] != schema.CONTENT_FILE:
             continue
         key = (v["path"], bool(v["flags"] & schema.VMA_SHARED and v["prot"] & PROT_WRITE))
         if key in out:
+            continue
+        if v["path"].endswith(files.DELETED):   # the unlinked copy of a deleted file
+            ident = (v["dev"], v["ino"])
+            if ident not in fds.deleted:
+                f = next((f for f in files_ if (f["dev"], f["ino"]) == ident), None)
+                if f is None:
+                    raise BadImage(f"the image maps the deleted file {v['path']} at "
+                                   f"{v['start']:#x} but does not carry its contents")
+                fds.deleted_file(ident, v["path"], f["mode"], files.contents(f))
+            out[key] = fds.deleted[ident]
             continue
         try:
             fd = os.open(v["path"], (os.O_RDWR if key[1] else os.O_RDONLY) | os.O_CLOEXEC)
@@ -509,11 +519,12 @@ def _open_fds(pr: _Proc, fds: ResumeFds, opts: ResumeOptions) -> None:
     pr.fdmap.sort(key=lambda f: f["dst"])
 
 
-def _open_maps(pr: _Proc, fds: ResumeFds, shm: dict, opts: ResumeOptions) -> None:
+def _open_maps(pr: _Proc, fds: ResumeFds, shm: dict, opts: ResumeOptions,
+               files_: list[dict]) -> None:
     """What else the resuming umig opens for pr: the files it maps, its cwd
     and exe; and its VMAs' plan."""
     img = pr.img
-    pr.map_fds = _open_mapped(img, fds)
+    pr.map_fds = _open_mapped(img, fds, files_)
     try:
         pr.cwd_fd = fds.keep(os.open(img.process["cwd"], os.O_RDONLY | os.O_DIRECTORY))
     except OSError as e:
@@ -694,7 +705,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         fds.unix_fill([rec for pr in procs for rec in pr.img.fds])
         shm = _shared_memory(loaded, fds)
         for pr in procs:
-            _open_maps(pr, fds, shm, opts)
+            _open_maps(pr, fds, shm, opts, loaded.files)
         keep, use_ns = _choose_ids(loaded, opts.pid_mode, opts.pidns)
         sessions = _sessions(procs, opts.warn)
 
