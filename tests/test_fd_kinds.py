@@ -377,3 +377,30 @@ def test_deleted_files_that_are_mapped_come_back(victim, procs, tmp_path):
     files.mkdir()
     assert moved(procs, tmp_path, [victim("deletedmap"), str(files)]) == "PASS", \
         read_lines(tmp_path / "out")
+
+
+def test_timerfd_armed_for_two_seconds_fires_after_two_seconds_of_running(victim, procs,
+                                                                         tmp_path):
+    """GIVEN a program blocked reading a timerfd armed for 2 s (monotonic,
+    one shot), grabbed soon after arming
+    WHEN it is resumed after 1.5 s of being gone
+    THEN the timer fires once, when the time the program ran before the grab
+    and after the resume adds up to about 2 s (not at once, as if the
+    downtime had counted, nor 2 s after the resume)."""
+    out = tmp_path / "out"
+    src = procs.start([victim("timer2s")], stdout=out.open("w"))
+    armed = int(wait_lines(out, 1)[0].split()[1]) / 1e9
+    time.sleep(0.3)
+    grabbing = time.monotonic()
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    time.sleep(1.5)
+    resuming = time.monotonic()
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    procs.adopt(int(r.stdout.split()[-1]))
+    line = wait_lines(out, 2, timeout=10)[1].split()
+    assert line[0] == "fired" and line[1] == "1", line
+    ran = (grabbing - armed) + (int(line[2]) / 1e9 - resuming)
+    assert 1.6 < ran < 2.4, f"it fired after {ran:.2f} s of running, not about 2 s"
