@@ -404,3 +404,46 @@ def test_timerfd_armed_for_two_seconds_fires_after_two_seconds_of_running(victim
     assert line[0] == "fired" and line[1] == "1", line
     ran = (grabbing - armed) + (int(line[2]) / 1e9 - resuming)
     assert 1.6 < ran < 2.4, f"it fired after {ran:.2f} s of running, not about 2 s"
+
+
+def test_external_pipes_become_devnull_when_asked(procs, tmp_path):
+    """GIVEN python3 holding at fd 5 the read end of a pipe this test writes
+    and at fd 6 the write end of a pipe this test reads
+    WHEN grabbed with --external-pipes=devnull and resumed
+    THEN grab says which fds become /dev/null; in the resumed process fd 5
+    reads end of file and fd 6 takes writes, both /dev/null: PASS."""
+    r5, w5 = os.pipe()
+    r6, w6 = os.pipe()
+    code = ("import os, signal, stat, time\n"
+            f"os.dup2({r5}, 5); os.dup2({w6}, 6); os.close({r5}); os.close({w6})\n"
+            "go = []\nsignal.signal(signal.SIGUSR1, lambda *_: go.append(1))\n"
+            "print('ready', flush=True)\n"
+            "while not go: time.sleep(0.01)\n"
+            "st5, st6 = os.fstat(5), os.fstat(6)\n"
+            "null = os.stat('/dev/null').st_rdev\n"
+            "ok = os.read(5, 10) == b'' and os.write(6, b'x') == 1 and "
+            "st5.st_rdev == null == st6.st_rdev\n"
+            "print('PASS' if ok else 'FAIL', flush=True)\n")
+    out = tmp_path / "out"
+    try:
+        src = procs.start([sys.executable, "-c", code], stdout=out.open("w"),
+                          pass_fds=(r5, w6))
+        os.close(r5)
+        os.close(w6)
+        wait_lines(out, 1)
+        r = run_umig("grab", "--external-pipes=devnull", "-o", str(tmp_path / "img"),
+                     str(src.pid))
+        err = r.stderr.decode()
+        assert r.returncode == 0, err
+        assert f"process {src.pid} fd 5 (pipe:[" in err and f"process {src.pid} fd 6 (pipe:[" \
+            in err and "will be /dev/null" in err, err
+        src.wait(timeout=5)
+        r = run_umig("resume", "--detach", str(tmp_path / "img"))
+        assert r.returncode == 0, r.stderr.decode()
+        os.kill(procs.adopt(int(r.stdout.split()[-1])), signal.SIGUSR1)
+        assert wait_for(lambda: next((x for x in read_lines(out)
+                                      if x.startswith(("PASS", "FAIL"))), None),
+                        20, "PASS or FAIL") == "PASS", read_lines(out)
+    finally:
+        os.close(w5)
+        os.close(r6)

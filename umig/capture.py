@@ -1060,7 +1060,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
          prepare: Callable[[int], None] = lambda estimate: None,
          preread: str = "auto", tree: bool = False,
          max_contents: int = fdtable.MAX_CONTENTS,
-         tcp_established: bool = False, ship_files: bool = False) -> GrabStats:
+         tcp_established: bool = False, ship_files: bool = False,
+         external_pipes: str = "refuse") -> GrabStats:
     """Write the image of process pid (with tree, of it and all its
     descendants) to out_fd; once it is complete (and on_complete(size),
     which puts a file image in place, succeeded) kill it (finish="kill"),
@@ -1073,7 +1074,9 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     TCP connections with TCP_REPAIR (tcprepair.py) instead of refusing
     them; their packets are held back from the freeze until `umig resume`
     has them (or, if the process goes on here, until the grab ends).
-    ship_files: carry the files the processes have open or map (files.py)."""
+    ship_files: carry the files the processes have open or map (files.py).
+    external_pipes: "refuse" a pipe to a process outside at fd > 2, or give
+    the process "devnull" there."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid, tree)
@@ -1124,7 +1127,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                 _open_proc(targets[p])
             members.append(_read_member(targets[p], tree, max_contents, taken))
         zombies = [_zombie_record(z) for z in fr.zombies]
-        pipes = fdtable.pipe_records([(m.t.pid, m.fds) for m in members])
+        pipes = fdtable.pipe_records([(m.t.pid, m.fds) for m in members], external_pipes,
+                                     stats.warnings)
         fdtable.share_descriptions([(m.t.pid, m.fds) for m in members])
         fdtable.DeletedFile.once([(m.t.pid, m.fds) for m in members])
         fdtable.check_socketpairs([(m.t.pid, m.fds) for m in members])

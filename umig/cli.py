@@ -79,7 +79,7 @@ def cmd_grab(args) -> int:
                              preread=args.preread, tree=args.tree,
                              max_contents=args.max_contents_mib << 20,
                              tcp_established=args.tcp_established,
-                             ship_files=args.ship_files)
+                             ship_files=args.ship_files, external_pipes=args.external_pipes)
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise
@@ -236,6 +236,10 @@ def parser() -> argparse.ArgumentParser:
                    help="carry the files the process has open or maps (its program and "
                         "libraries too) in the image: resume creates them where they are "
                         "missing (each up to --max-contents-mib)")
+    g.add_argument("--external-pipes", choices=("refuse", "devnull"), default="refuse",
+                   help="a pipe at fd 3 or above whose other end a process outside holds: "
+                        "refuse (default), or give the resumed process /dev/null there "
+                        "(reads see end of file, writes are thrown away)")
     g.add_argument("--tcp-established", action="store_true",
                    help="take established TCP connections too (TCP_REPAIR; needs root and "
                         "nft; resume where the connection's address is): their packets are "

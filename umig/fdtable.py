@@ -1402,10 +1402,13 @@ def _by_description(group: list[tuple[int, dict]]):
     return [(group[order[k]][1], bool(same[k])) for k in range(n)]
 
 
-def pipe_records(members: list[tuple[int, list[dict]]]) -> list[dict]:
+def pipe_records(members: list[tuple[int, list[dict]]], external: str = "refuse",
+                 notes: list[str] | None = None) -> list[dict]:
     """PIPE records for the pipes among the fds of the grabbed processes
-    [(pid, FD records)] (all frozen).  Refuses a pipe whose other end none
-    of them holds: what is at the far end would be left behind."""
+    [(pid, FD records)] (all frozen).  A pipe whose other end a process
+    outside holds is refused (what is at the far end would be left
+    behind), or with external="devnull" its ends here become /dev/null
+    (said in notes)."""
     ends: dict[int, dict[str, list[tuple[int, int]]]] = {}
     stdio: dict[int, list[dict]] = {}
     for pid, fds in members:
@@ -1426,6 +1429,9 @@ def pipe_records(members: list[tuple[int, list[dict]]]) -> list[dict]:
     half = {ino for ino, sides in ends.items() if not sides["r"] or not sides["w"]}
     outside = _holders(half, {pid for pid, _ in members}) if half else {}
     for ino, sides in ends.items():
+        if ino in outside and external == "devnull":
+            _to_devnull(members, ino, outside[ino], notes)
+            continue
         if ino in outside:
             pid, fd = (sides["r"] or sides["w"])[0]
             have = "read" if sides["r"] else "write"
@@ -1434,7 +1440,8 @@ def pipe_records(members: list[tuple[int, list[dict]]]) -> list[dict]:
                           f"other end is held outside the grabbed process"
                           f"{'es' if many else ''} (by process {opid} fd {ofd})", pid=pid,
                           fd=fd, hint="grab the process at the other end with it (--tree), "
-                                      "or close the pipe in the program")
+                                      "close the pipe in the program, or give the process "
+                                      "/dev/null there with --external-pipes=devnull")
         # an end no process holds any more stays closed
         have_ends = (PIPE_READ if sides["r"] else 0) | (PIPE_WRITE if sides["w"] else 0)
         if sides["r"]:
@@ -1444,6 +1451,20 @@ def pipe_records(members: list[tuple[int, list[dict]]]) -> list[dict]:
         rec["ends"] = have_ends
         out.append(rec)
     return out
+
+
+def _to_devnull(members, ino: int, holder: tuple[int, int], notes: list[str] | None) -> None:
+    """The grabbed ends of pipe:[ino] become /dev/null (same access mode and
+    flags): reading gives end of file, writing is thrown away."""
+    for pid, fds in members:
+        for rec in fds:
+            if rec["kind"] in (Pipe.name, Stdio.name) and rec["path"] == f"pipe:[{ino}]":
+                rec.update(kind=SimpleDevice.name, path="/dev/null", mode=stat.S_IFCHR | 0o666,
+                           rdev=os.makedev(1, 3), dev=0, ino=0, size=0, mtime_ns=0, pos=0,
+                           state=b"", desc=0)
+                if notes is not None:
+                    notes.append(f"process {pid} fd {rec['fd']} (pipe:[{ino}], whose other end "
+                                 f"process {holder[0]} fd {holder[1]} holds) will be /dev/null")
 
 
 def _holders(inos: set[int], members: set[int], what: str = "pipe"
