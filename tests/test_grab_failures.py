@@ -231,8 +231,8 @@ KINDS_REFUSED = {
     "netlink": ("import socket\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)",
                 "a netlink socket"),
     "pidfd": ("import os\ns = os.pidfd_open(os.getpid())", "a pidfd (anon_inode:[pidfd])"),
-    "ptmx": ("import os\ns = os.open('/dev/ptmx', os.O_RDWR | os.O_NOCTTY)",
-             "a pty master (/dev/ptmx)"),
+    "fanotify": ("import ctypes\ns = ctypes.CDLL(None).fanotify_init(0, 0)\nassert s == 3, s",
+                 "a fanotify group (anon_inode:[fanotify])"),
     "io_uring": ("import ctypes\nparams = ctypes.create_string_buffer(120)\n"
                  "s = ctypes.CDLL(None).syscall(425, 4, params)\nassert s == 3, s",
                  "an io_uring instance (anon_inode:[io_uring])"),
@@ -241,7 +241,7 @@ KINDS_REFUSED = {
 
 @pytest.mark.parametrize("kind", sorted(KINDS_REFUSED))
 def test_fd_kinds_umig_cannot_move_are_refused_by_name(procs, tmp_path, kind):
-    """GIVEN python3 holding a netlink socket, a pidfd, a pty master or an io_uring
+    """GIVEN python3 holding a netlink socket, a pidfd, a fanotify group or an io_uring
     WHEN grabbed THEN refused naming the fd and what it is; it runs on."""
     setup, name = KINDS_REFUSED[kind]
     code = f"{setup}\nimport time\nprint('ready', flush=True)\ntime.sleep(60)"

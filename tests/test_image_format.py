@@ -151,7 +151,8 @@ def synthetic_records() -> list[tuple[schema.Record, dict]]:
                           "cmdline": b"/usr/local/bin/counter\x00--fast\x00",
                           "cwd": "/home/\u00e9l\u00e8ve/bad\udcff",   # not UTF-8 on disk
                           "personality": 0, "umask": 0o022, "pdeathsig": -1,
-                          "no_new_privs": 1, "exit_signal": 17}),
+                          "no_new_privs": 1, "exit_signal": 17, "tty_nr": 0x8803,
+                          "tpgid": 4242}),
         (schema.CREDS, {"uid": 1000, "euid": 1000, "suid": 1000, "fsuid": 1000,
                         "gid": 1000, "egid": 1000, "sgid": 1000, "fsgid": 1000,
                         "groups": [{"gid": 4}, {"gid": 27}, {"gid": 1000}],

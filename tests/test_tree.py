@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -241,3 +242,27 @@ def test_checkpoint_of_a_tree_leaves_its_memory_shared(victim, procs, tmp_path):
         os.kill(p, signal.SIGUSR2)
     wait_for(lambda: sum(x.endswith("again") for x in read_lines(out)) == 5, 20,
              "every member to go on")
+
+
+def test_pty_pair_inside_the_tree_keeps_terminal_and_job_control(procs, tmp_path):
+    """GIVEN python3 holding a pty master (30x90) whose slave is the
+    controlling terminal of its child sh (a session leader), answering lines
+    WHEN the tree is grabbed and resumed
+    THEN sh answers through the new pty with the same window size, and
+    Ctrl-C written to the master kills sh with SIGINT (the pty is its
+    controlling terminal again, its group in the foreground): PASS."""
+    out = tmp_path / "out"
+    src = procs.start([sys.executable, str(Path(__file__).parent / "victims" / "ptypair.py")],
+                      stdout=out.open("w"))
+    child = int(wait_lines(out, 1)[0].split()[1])
+    r = run_umig("grab", "--tree", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    wait_for(lambda: reap_orphans() or not os.path.exists(f"/proc/{child}") or None, 10,
+             "sh to be gone")
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt_tree(int(r.stdout.split()[-1]))
+    os.kill(pid, signal.SIGUSR1)
+    assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                 None), 20, "PASS or FAIL") == "PASS", read_lines(out)

@@ -925,7 +925,7 @@ def _read_member(t: Target, tree: bool, max_contents: int, tcp=None) -> Member:
             "umask": int(status.get("Umask", "0022"), 8),
             "pdeathsig": task["pdeathsig"],
             "no_new_privs": int(status.get("NoNewPrivs", "0")),
-            "exit_signal": int(st[37])}),
+            "exit_signal": int(st[37]), "tty_nr": int(st[6]), "tpgid": int(st[7])}),
         (schema.CREDS, creds),
         (schema.RLIMITS, {"limits": [
             {"resource": r, "cur": c, "max": h}
@@ -1133,6 +1133,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         fdtable.DeletedFile.once([(m.t.pid, m.fds) for m in members])
         fdtable.check_socketpairs([(m.t.pid, m.fds) for m in members])
         fdtable.Fifo.contents([(m.t.pid, m.fds) for m in members])
+        fdtable.pty_pairs([(m.t.pid, m.fds) for m in members])
         shipped = files.ship([(m.t.pid, m.vmas, m.fds) for m in members],
                              max_contents) if ship_files else []
         shipped += files.deleted_maps([(m.t.pid, m.vmas, m.fds) for m in members],

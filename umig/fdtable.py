@@ -324,6 +324,112 @@ class Terminal(Stdio):
         return ctx.own_terminal(rec["fd"])
 
 
+TIOCGPTN, TIOCGPTPEER, TIOCGPKT, TIOCPKT = 0x80045430, 0x5441, 0x80045438, 0x5420
+TIOCSCTTY, TIOCSPGRP, TIOCSPTLCK, TIOCGPTLCK = 0x540E, 0x5410, 0x40045431, 0x80045439
+
+
+def pts_index(rdev: int) -> int | None:
+    """The pty number of /dev/pts/N's device number, or None."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    return (major - 136) * 256 + minor if 136 <= major < 144 else None
+
+
+class PtyMaster(FdKind):
+    """A pty master (/dev/ptmx) whose slave only the grabbed processes use
+    (a terminal multiplexer, expect, a test harness): a new pty pair is
+    made with the slave's settings, window size and packet mode; the
+    processes' slave fds (PtySlave) open its slave.  Bytes in flight
+    either way are refused by name (a tty cannot be read without consuming
+    it).  state = JSON: index (N of /dev/pts/N), modes (hex termios +
+    winsize), packet."""
+    name = "ptmx"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        st = info.st
+        return stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == PTMX
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        import json
+        rec = super().describe(pid, info)
+        ours = take_fd(pid, info.fd)
+        try:
+            index = struct.unpack("I", fcntl.ioctl(ours, TIOCGPTN, bytes(4)))[0]
+            packet = struct.unpack("i", fcntl.ioctl(ours, TIOCGPKT, bytes(4)))[0]
+            locked = struct.unpack("i", fcntl.ioctl(ours, TIOCGPTLCK, bytes(4)))[0]
+            modes, waiting = b"", [0, 0]
+            if not locked:        # a locked slave cannot be opened (nor was it)
+                slave = fcntl.ioctl(ours, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | O_CLOEXEC)
+                try:
+                    modes = (fcntl.ioctl(slave, TCGETS, bytes(TERMIOS_SIZE))
+                             + fcntl.ioctl(slave, TIOCGWINSZ, bytes(WINSIZE_SIZE)))
+                    waiting = [struct.unpack("i", fcntl.ioctl(x, FIONREAD, bytes(4)))[0]
+                               for x in (ours, slave)]
+                finally:
+                    os.close(slave)
+        finally:
+            os.close(ours)
+        if any(waiting):
+            raise Refused(f"process {pid} fd {info.fd} is the master of /dev/pts/{index} with "
+                          f"{waiting[0]} bytes written by the slave side and {waiting[1]} by "
+                          f"the master side not read yet, which would be lost", pid=pid,
+                          fd=info.fd, hint="grab it again when the terminal is idle")
+        rec["state"] = json.dumps({"index": index, "modes": modes.hex(),
+                                   "packet": packet, "locked": locked}).encode()
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        import json
+        return ctx.pty(json.loads(rec["state"])["index"], rec["fd"])[0]
+
+
+class PtySlave(FdKind):
+    """A slave of a pty whose master the grabbed processes hold (PtyMaster):
+    the new pair's slave, opened with the fd's flags (pty_pairs turns
+    terminal records into these).  state = JSON: index."""
+    name = "pts"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return False          # made from stdio/tty records by pty_pairs
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        import json
+        _master, path = ctx.pty(json.loads(rec["state"])["index"], rec["fd"])
+        return os.open(path, (rec["flags"] & ~_OPEN_ONLY) | os.O_NOCTTY | O_CLOEXEC)
+
+
+def pty_pairs(members: list[tuple[int, list[dict]]]) -> None:
+    """Terminal fds (stdio, tty) on the slave of a pty whose master a member
+    holds become PtySlave records; refuses such a pty whose slave a process
+    outside holds too (it would keep the old, dead pty)."""
+    import json
+    masters = {json.loads(r["state"])["index"]: (pid, r["fd"]) for pid, fds in members
+               for r in fds if r["kind"] == PtyMaster.name}
+    if not masters:
+        return
+    for _pid, fds in members:
+        for r in fds:
+            if r["kind"] in (Stdio.name, Terminal.name) and pts_index(r["rdev"]) in masters:
+                r["kind"] = PtySlave.name
+                r["state"] = json.dumps({"index": pts_index(r["rdev"])}).encode()
+    names = {f"/dev/pts/{i}": i for i in masters}
+    for opid, ofd, link in _fds_outside({pid for pid, _ in members}):
+        try:
+            index = names.get(os.readlink(link))
+        except OSError:
+            continue
+        if index is not None:
+            pid, fd = masters[index]
+            raise Refused(f"process {pid} fd {fd} is the master of /dev/pts/{index}, whose "
+                          f"slave process {opid} fd {ofd} outside the grabbed processes holds",
+                          pid=pid, fd=fd, hint="grab that process with it (--tree), or close "
+                                               "the terminal there")
+
+
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 PIPE_READ, PIPE_WRITE = 1, 2          # PIPE.ends: the ends some process still holds
 FIONREAD = 0x541B
@@ -1327,7 +1433,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, ProcPidFile, RegularFile, Directory, SimpleDevice, Terminal,
-    Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
+    PtyMaster, PtySlave, Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
 # the kinds whose matches() can say yes, by file type (st_mode & S_IFMT;
 # anon inodes have none), in KINDS order: 10,000 fds are not each offered
 # to every kind
@@ -1337,7 +1443,7 @@ _BY_TYPE: dict[int, list[type[FdKind]]] = {
         (stat.S_IFIFO, {Stdio, Pipe, Fifo}),
         (stat.S_IFREG, {MemFd, DeletedFile, ProcPidFile, RegularFile}),
         (stat.S_IFDIR, {Directory}),
-        (stat.S_IFCHR, {Stdio, SimpleDevice, Terminal}),
+        (stat.S_IFCHR, {Stdio, SimpleDevice, Terminal, PtyMaster}),
         (0, {EventFd, TimerFd, SignalFd, Epoll, Inotify}))}
 
 
@@ -1373,7 +1479,8 @@ def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
             rec.setdefault("desc", 0)
             if rec["kind"] in (RegularFile.name, Directory.name, SimpleDevice.name,
                                EventFd.name, TimerFd.name, SignalFd.name, Epoll.name,
-                               MemFd.name, DeletedFile.name, UnixPair.name, Inotify.name):
+                               MemFd.name, DeletedFile.name, UnixPair.name, Inotify.name,
+                               PtyMaster.name, PtySlave.name):
                 groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
     next_id = 1
     for group in groups.values():
@@ -1695,6 +1802,8 @@ class ResumeFds:
         self._unix: dict[int, int] = {}           # socket ino -> our end of a new pair
         self.tcp: list = []                       # (socket in repair mode, unsent bytes)
         self.terminal_modes = b""                 # termios + winsize the process's tty had
+        self.pty_masters: dict[int, dict] = {}    # old pty number -> its master's record
+        self._ptys: dict[int, tuple[int, str]] = {}    # old pty number -> (our master, slave)
         self.tcp_locks: set[str] = set()          # the grab's nft lock tables
 
     def unix_end(self, ino: int, peer: int, stype: int, fd: int) -> int:
@@ -1797,6 +1906,35 @@ class ResumeFds:
         from . import tcprepair
         socks, self.tcp = self.tcp, []
         return tcprepair.go(socks, self.tcp_locks) if socks else []
+
+    def pty(self, index: int, fd: int) -> tuple[int, str]:
+        """(our master, slave path) of the new pty standing for
+        /dev/pts/index, made on first use with its slave's settings."""
+        import json
+        if index in self._ptys:
+            return self._ptys[index]
+        rec = self.pty_masters.get(index)
+        if rec is None:
+            raise EnvironmentProblem(f"fd {fd} is on /dev/pts/{index}, whose master the image "
+                                     f"does not hold", fd=fd)
+        st = json.loads(rec["state"])
+        master = self.keep(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | O_CLOEXEC))
+        if not st.get("locked"):
+            fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+            slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | O_CLOEXEC)
+            try:
+                modes = bytes.fromhex(st["modes"])
+                fcntl.ioctl(slave, TCSETSW, modes[:TERMIOS_SIZE])
+                fcntl.ioctl(slave, TIOCSWINSZ, modes[TERMIOS_SIZE:TERMIOS_SIZE + WINSIZE_SIZE])
+            finally:
+                os.close(slave)     # (a pty's settings outlive its slave's opens)
+        if st["packet"]:
+            fcntl.ioctl(master, TIOCPKT, struct.pack("i", 1))
+        new = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, bytes(4)))[0]
+        fl = fcntl.fcntl(master, fcntl.F_GETFL)
+        fcntl.fcntl(master, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        self._ptys[index] = (master, f"/dev/pts/{new}")
+        return self._ptys[index]
 
     def terminal_go(self) -> bytes | None:
         """The process is let go: the terminal of `umig resume` takes on the

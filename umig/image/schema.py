@@ -221,6 +221,8 @@ PROCESS = Record(2, "PROCESS", (
     F("pdeathsig", "i32"),
     F("no_new_privs", "u32"),
     F("exit_signal", "i32"),
+    F("tty_nr", "u32", "hex"),
+    F("tpgid", "i32"),
 ), "The process as a whole.  In an image of a tree (grab --tree) each process "
    "has its own section that starts with its PROCESS record, parents first.")
 

@@ -19,6 +19,7 @@ go only when the image verified to its trailer.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import resource
 import signal
@@ -32,7 +33,8 @@ import lz4.block
 
 from .. import files, tracing
 from ..errors import (BadImage, EnvironmentProblem, Interrupted, RestoreFailed, UmigError)
-from ..fdtable import O_CLOEXEC, TO_EOF, Epoll, ProcPidFile, ResumeFds, take_locks
+from ..fdtable import (O_CLOEXEC, TIOCSCTTY, TIOCSPGRP, TO_EOF, Epoll, ProcPidFile, PtyMaster,
+                       PtySlave, ResumeFds, pts_index, take_locks)
 from ..image import schema
 from ..image.stream import ImageReader, decode_pages
 from ..critical import critical
@@ -699,6 +701,8 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
     ns_init = 0
     try:
         epolls: set[int] = set()
+        fds.pty_masters = {json.loads(rec["state"])["index"]: rec for pr in procs
+                           for rec in pr.img.fds if rec["kind"] == PtyMaster.name}
         for pr in procs:
             _open_fds(pr, fds, opts)
             pr.epitems = _epitems(pr.img, epolls)
@@ -821,6 +825,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
         for pr in procs:
             with Injector(pr.child.pid, pr.child.memfd, base + lib.UMIG_BLOB_GADGET_OFF) as inj:
                 _reopen_proc_files(pr, inj, region.data_base, pidmap)
+                _controlling_tty(pr, inj, region.data_base, opts.warn, fds.pty_masters)
                 r = inj.syscall(NR_munmap, base, region.size)
                 if r != 0:
                     raise RestoreFailed(f"could not unmap the restorer from process "
@@ -882,6 +887,36 @@ def _reopen_proc_files(pr: _Proc, inj: Injector, scratch: int, pidmap: dict[int,
                                 f"{os.strerror(-r)}")
         if rec["pos"] and not rec["flags"] & os.O_APPEND:
             inj.syscall(NR_lseek, rec["fd"], rec["pos"], os.SEEK_SET)
+
+
+NR_ioctl = 16
+
+
+def _controlling_tty(pr: _Proc, inj: Injector, scratch: int, warn, ptys) -> None:
+    """A session leader whose controlling terminal was a pty of the image
+    takes the new one as it (TIOCSCTTY, injected), with the terminal's
+    foreground process group as it was (TIOCSPGRP)."""
+    p = pr.img.process
+    index = pts_index(p.get("tty_nr", 0))
+    if index is None or p["sid"] != pr.pid:
+        return
+    fd = next((rec["fd"] for rec in pr.img.fds if rec["kind"] == PtySlave.name
+               and json.loads(rec["state"])["index"] == index), None)
+    if fd is None:
+        if index in ptys:       # else its terminal was outside the image: umig resume's
+            warn(f"process {pr.child.pid} had /dev/pts/{index} as its controlling terminal "
+                 f"but holds no fd of it: it has none now")
+        return
+    r = inj.syscall(NR_ioctl, fd, TIOCSCTTY, 0)
+    if r < 0:
+        raise RestoreFailed(f"process {pr.child.pid} could not take its terminal back "
+                            f"(TIOCSCTTY on fd {fd}): {os.strerror(-r)}")
+    if p.get("tpgid", 0) > 0 and p["tpgid"] != p["pgid"]:
+        os.pwrite(pr.child.memfd, struct.pack("i", p["tpgid"]), scratch)
+        r = inj.syscall(NR_ioctl, fd, TIOCSPGRP, scratch)
+        if r < 0:
+            warn(f"process {pr.child.pid}: its terminal's foreground group {p['tpgid']} could "
+                 f"not be set again: {os.strerror(-r)}")
 
 
 def _enough_fds(max_dst: int, opens: int) -> None:

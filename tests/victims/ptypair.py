@@ -1,0 +1,73 @@
+"""A pty pair inside a tree: python3 holds the master of a new pty (30x90)
+whose slave is the controlling terminal of its child, sh, reading lines
+and answering "got:LINE" and `stty size`.  Prints "ready CHILD" once sh
+answers; on SIGUSR1 sends "ping" (expects "got:ping" and "30 90"), then
+Ctrl-C, which must kill sh (the pty is its controlling terminal, its group
+in the foreground): PASS or FAIL why."""
+import fcntl
+import os
+import select
+import signal
+import struct
+import sys
+import termios
+import time
+
+master, slave = os.openpty()
+fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
+child = os.fork()
+if child == 0:
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for n in (0, 1, 2):
+        os.dup2(slave, n)
+    os.close(master)
+    os.close(slave)
+    os.execvp("sh", ["sh", "-c", 'while read l; do echo "got:$l"; stty size; done'])
+os.close(slave)
+seen = b""
+
+
+def expect(*wants: bytes, timeout: float = 10) -> bool:
+    global seen
+    deadline = time.monotonic() + timeout
+    while not all(w in seen for w in wants):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([master], [], [], left)[0]:
+            return False
+        seen += os.read(master, 4096)
+    seen = b""
+    return True
+
+
+os.write(master, b"hi\n")
+if not expect(b"got:hi", b"30 90"):
+    print("FAIL no answer before", flush=True)
+    sys.exit(1)
+go = False
+
+
+def on_usr1(*_):
+    global go
+    go = True
+
+
+signal.signal(signal.SIGUSR1, on_usr1)
+print("ready", child, flush=True)
+while not go:
+    time.sleep(0.01)
+os.write(master, b"ping\n")
+if not expect(b"got:ping", b"30 90"):
+    print(f"FAIL no answer after the resume: {seen!r}", flush=True)
+    sys.exit(1)
+os.write(master, b"\x03")
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    pid, status = os.waitpid(child, os.WNOHANG)
+    if pid:
+        ok = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT
+        print("PASS" if ok else f"FAIL sh ended with status {status:#x}", flush=True)
+        break
+    time.sleep(0.02)
+else:
+    print("FAIL Ctrl-C did not reach sh", flush=True)
