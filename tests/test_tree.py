@@ -266,3 +266,28 @@ def test_pty_pair_inside_the_tree_keeps_terminal_and_job_control(procs, tmp_path
     os.kill(pid, signal.SIGUSR1)
     assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
                                  None), 20, "PASS or FAIL") == "PASS", read_lines(out)
+
+
+def test_unix_connections_through_named_listeners_inside_the_tree(procs, tmp_path):
+    """GIVEN python3 listening on a path (stream) and an abstract name
+    (seqpacket), with its child connected to both, bytes and messages
+    queued for the parent
+    WHEN the tree is grabbed and resumed
+    THEN the parent reads them, both accepted ends have the listeners'
+    names, the child answers on its connection (seeing the path as its
+    peer's name) and the listener still accepts: PASS."""
+    out = tmp_path / "out"
+    src = procs.start([sys.executable, str(Path(__file__).parent / "victims" / "unixconn.py"),
+                       str(tmp_path)], stdout=out.open("w"))
+    child = int(wait_lines(out, 1)[0].split()[1])
+    r = run_umig("grab", "--tree", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    wait_for(lambda: reap_orphans() or not os.path.exists(f"/proc/{child}") or None, 10,
+             "the child to be gone")
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt_tree(int(r.stdout.split()[-1]))
+    os.kill(pid, signal.SIGUSR1)
+    assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                 None), 20, "PASS or FAIL") == "PASS", read_lines(out)

@@ -921,10 +921,17 @@ class UnixPair(FdKind):
     def describe(cls, pid: int, info: FdInfo) -> dict:
         d, fd = info.diag, info.fd
         kind = f"unix {SOCK_TYPES.get(d['type'], d['type'])}"
-        if d["name"] or d["state"] != TCP_ESTABLISHED or d["type"] not in SOCK_TYPES:
-            what = "connected, named" if d["name"] else "unconnected, unnamed"
-            raise Refused(f"process {pid} fd {fd} is a socket ({kind}, {what}, "
-                          f"{info.target}): umig moves socketpairs only so far", pid=pid, fd=fd)
+        if d["state"] != TCP_ESTABLISHED or d["type"] not in SOCK_TYPES:
+            raise Refused(f"process {pid} fd {fd} is a socket ({kind}, unconnected, unnamed, "
+                          f"{info.target}): umig cannot move this kind of socket yet",
+                          pid=pid, fd=fd)
+        peer = unix_diag(d["peer"]) if d["peer"] else None
+        if d["name"] or (peer and peer["name"]):
+            if d["name"] and peer and peer["name"]:
+                raise Refused(f"process {pid} fd {fd} is a socket ({kind}, {info.target}) "
+                              f"connected from a socket bound to a name of its own; umig "
+                              f"cannot move that yet", pid=pid, fd=fd)
+            return UnixConnection.describe_connection(pid, info, d, peer)
         rec = super().describe(pid, info)
         data = b""
         if d["type"] != socket.SOCK_STREAM:
@@ -959,6 +966,73 @@ class UnixPair(FdKind):
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
         return fd
+
+
+def _socket_name(raw: bytes) -> bytes:
+    """A unix socket's name as bind takes it (a path without the NUL some
+    binders count; an abstract name as it is)."""
+    return raw if raw[:1] == b"\0" else raw.split(b"\0", 1)[0]
+
+
+def _shown(name: bytes) -> str:
+    return "@" + name[1:].decode(errors="replace") if name[:1] == b"\0" else name.decode(
+        errors="replace")
+
+
+class UnixConnection(UnixPair):
+    """An end of a unix stream or seqpacket connection made through a
+    listener bound to a name (the accepted end carries that name), whose
+    other end the grabbed processes hold too: made again by connecting to
+    a listener at that name (the tree's own, made again, or one of umig's
+    for the moment) and accepting, so both ends have their names.
+    state = UnixPair's head, then <B 1 if this is the accepted end,
+    H name length> + the listener's name, then what is queued to read."""
+    name = "unix-conn"
+    NAME = struct.Struct("<BH")
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return False          # reached through UnixPair.describe
+
+    @classmethod
+    def describe_connection(cls, pid: int, info: FdInfo, d: dict, peer: dict | None) -> dict:
+        accepted = bool(d["name"])
+        name = _socket_name(d["name"] if accepted else peer["name"])
+        rec = super(UnixPair, cls).describe(pid, info)
+        data = b""
+        if d["type"] != socket.SOCK_STREAM:
+            data = b"".join(MSG_LEN.pack(len(m)) + m
+                            for m in _peek_messages(pid, info.fd, info.target))
+        elif d["rqueue"]:
+            data = _peek(pid, info.fd, d["rqueue"], info.target)
+        rec["path"] = f"{info.target} ({'accepted on' if accepted else 'connected to'} " \
+                      f"{_shown(name)})"
+        rec["state"] = (cls.HEAD.pack(d["type"], d["shutdown"], d["peer"])
+                        + cls.NAME.pack(1 if accepted else 0, len(name)) + name + data)
+        return rec
+
+    @classmethod
+    def listener_name(cls, rec: dict) -> tuple[bool, bytes]:
+        accepted, n = cls.NAME.unpack_from(rec["state"], cls.HEAD.size)
+        at = cls.HEAD.size + cls.NAME.size
+        return bool(accepted), rec["state"][at:at + n]
+
+    @classmethod
+    def queued(cls, rec: dict) -> list[bytes]:
+        _accepted, name = cls.listener_name(rec)
+        skip = cls.NAME.size + len(name)
+        return UnixPair.queued({**rec, "state": rec["state"][:cls.HEAD.size]
+                                + rec["state"][cls.HEAD.size + skip:]})
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        fd = ctx.unix_connection(rec)
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        return fd
+
+
+UNIX_ENDS = ("unix", "unix-conn")
 
 
 TCP_CLOSE, TCP_LISTEN = 7, 10
@@ -1120,7 +1194,7 @@ def _peek(pid: int, fd: int, size: int, target: str) -> bytes:
 def check_socketpairs(members: list[tuple[int, list[dict]]]) -> None:
     """Refuse a socketpair end whose peer a process outside holds."""
     ends = {rec["ino"]: (pid, rec) for pid, fds in members for rec in fds
-            if rec["kind"] == UnixPair.name}
+            if rec["kind"] in UNIX_ENDS}
     lonely = {UnixPair.HEAD.unpack_from(rec["state"])[2]: (pid, rec)
               for pid, rec in ends.values()
               if UnixPair.HEAD.unpack_from(rec["state"])[2] not in ends}
@@ -1433,7 +1507,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, ProcPidFile, RegularFile, Directory, SimpleDevice, Terminal,
-    PtyMaster, PtySlave, Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
+    PtyMaster, PtySlave, Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixConnection, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
 # the kinds whose matches() can say yes, by file type (st_mode & S_IFMT;
 # anon inodes have none), in KINDS order: 10,000 fds are not each offered
 # to every kind
@@ -1479,7 +1553,8 @@ def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
             rec.setdefault("desc", 0)
             if rec["kind"] in (RegularFile.name, Directory.name, SimpleDevice.name,
                                EventFd.name, TimerFd.name, SignalFd.name, Epoll.name,
-                               MemFd.name, DeletedFile.name, UnixPair.name, Inotify.name,
+                               MemFd.name, DeletedFile.name, UnixPair.name,
+                               UnixConnection.name, Inotify.name,
                                PtyMaster.name, PtySlave.name):
                 groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
     next_id = 1
@@ -1800,6 +1875,7 @@ class ResumeFds:
         self.deleted: dict[tuple, int] = {}       # (dev, ino) of a deleted file -> ours
         self.fifos: dict[tuple, int] = {}         # (dev, ino) of a FIFO -> ours, read-write
         self._unix: dict[int, int] = {}           # socket ino -> our end of a new pair
+        self.listeners: dict[bytes, int] = {}     # name -> our listening unix socket
         self.tcp: list = []                       # (socket in repair mode, unsent bytes)
         self.terminal_modes = b""                 # termios + winsize the process's tty had
         self.pty_masters: dict[int, dict] = {}    # old pty number -> its master's record
@@ -1816,22 +1892,65 @@ class ResumeFds:
         self._unix[peer or -ino] = self.keep(b.detach())
         return self._unix[ino]
 
+    def unix_connection(self, rec: dict) -> int:
+        """Our end standing for rec's end of a connection through a named
+        listener: both ends made on first use by connecting to a listener
+        at that name (the tree's, if made already, else one of ours for the
+        moment) and accepting."""
+        ino = rec["ino"]
+        if ino in self._unix:
+            return self._unix[ino]
+        stype, _shut, peer = UnixPair.HEAD.unpack_from(rec["state"])
+        accepted, name = UnixConnection.listener_name(rec)
+        shown = _shown(name)
+        ours = None
+        try:
+            if name in self.listeners:
+                lst = socket.socket(fileno=os.dup(self.listeners[name]))
+            else:
+                lst = socket.socket(socket.AF_UNIX, stype | socket.SOCK_CLOEXEC)
+                if name[:1] != b"\0" and os.path.exists(name):
+                    _unlink_stale(name, stype, shown, rec["fd"])
+                lst.bind(name)
+                ours = name
+                lst.listen(1)
+            with lst:
+                cli = socket.socket(socket.AF_UNIX, stype | socket.SOCK_CLOEXEC)
+                cli.connect(name)
+                srv, _ = lst.accept()
+                srv.set_inheritable(False)
+        except OSError as e:
+            raise EnvironmentProblem(f"fd {rec['fd']}: cannot connect its unix socket through "
+                                     f"{shown} again: {e.strerror}", fd=rec["fd"],
+                                     hint="free that name here") from None
+        finally:
+            if ours is not None and ours[:1] != b"\0":
+                try:
+                    os.unlink(ours)       # ours was only for this connection
+                except OSError:
+                    pass
+        mine, other = (srv, cli) if accepted else (cli, srv)
+        self._unix[ino] = self.keep(mine.detach())
+        self._unix[peer or -ino] = self.keep(other.detach())
+        return self._unix[ino]
+
     def unix_fill(self, fds: list[dict]) -> None:
         """Once every end is made: queue each end's bytes through its peer,
         shut down what was shut down, and close ends nobody holds."""
-        held = {rec["ino"] for rec in fds if rec["kind"] == UnixPair.name}
+        held = {rec["ino"] for rec in fds if rec["kind"] in UNIX_ENDS}
         ends = {rec["ino"]: UnixPair.HEAD.unpack_from(rec["state"]) + (rec,) for rec in fds
-                if rec["kind"] == UnixPair.name}
+                if rec["kind"] in UNIX_ENDS}
         for ino, (_stype, _shut, peer, rec) in ends.items():       # the bytes first ...
             other = self._unix[peer or -ino]
+            queued = KINDS[rec["kind"]].queued(rec)
             if _stype == socket.SOCK_STREAM:
-                for piece in UnixPair.queued(rec):
+                for piece in queued:
                     data = memoryview(piece)
                     while data:
                         data = data[os.write(other, data):]
                 continue
             with socket.socket(fileno=os.dup(other)) as s:
-                for msg in UnixPair.queued(rec):    # a send per message keeps its bounds
+                for msg in queued:                  # a send per message keeps its bounds
                     try:
                         s.send(msg, socket.MSG_DONTWAIT)
                     except OSError as e:
@@ -2010,6 +2129,11 @@ class ResumeFds:
         fd = kind.recreate(rec, self)
         if fd not in self.opened:       # not one of ours already (a pipe's or pair's end)
             fd = self._place(fd, rec["fd"]) if self.direct else self.keep(fd)
+        if kind is UnixBound:
+            import json
+            st = json.loads(rec["state"])
+            if st["listening"]:
+                self.listeners[bytes.fromhex(st["name"])] = fd
         if desc:
             self._descs[desc] = fd
         if kind is MemFd:
