@@ -128,3 +128,56 @@ def test_resume_without_the_address_fails_and_keeps_the_lock(procs, tmp_path, nf
 def _umig(*args: str) -> list[str]:
     from conftest import umig_cmd
     return umig_cmd(*args)
+
+
+BULK = """
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 0))
+s.listen(1)
+print("ready", s.getsockname()[1], flush=True)
+c, _ = s.accept()
+data = bytes((i * 7 + i // 251) % 256 for i in range(1 << 16)) * 64
+c.sendall(data)
+print("sent", len(data), flush=True)
+c.shutdown(socket.SHUT_WR)
+import time
+time.sleep(60)
+"""
+
+
+def test_dual_stack_connection_with_megabytes_queued(procs, tmp_path, nft_locks):
+    """GIVEN python3 on a dual-stack IPv6 socket (::, V6ONLY off) blocked
+    sending 4 MiB to an IPv4 client (this test) that reads nothing yet, so
+    megabytes wait in its send queue, part of it never sent
+    WHEN grabbed with --tcp-established while the client is idle, and
+    resumed
+    THEN the client reads all 4 MiB, in order, then end of file, and the
+    server finishes its sendall (the lock matched the IPv4 packets: no
+    reset; the queues fit again: nothing was dropped)."""
+    out = tmp_path / "out"
+    src = procs.start([sys.executable, "-c", BULK], stdout=out.open("w"))
+    port = int(wait_lines(out, 1)[0].split()[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        time.sleep(0.5)               # the server fills its queues and blocks
+        r = run_umig("grab", "--tcp-established", "-o", str(tmp_path / "img"), str(src.pid))
+        assert r.returncode == 0, r.stderr.decode()
+        src.wait(timeout=5)
+        c.send(b"are you there?")     # into the lock: dropped, retransmitted later
+        time.sleep(0.5)
+        r = run_umig("resume", "--detach", str(tmp_path / "img"))
+        assert r.returncode == 0, r.stderr.decode()
+        assert "could not be queued" not in r.stderr.decode(), r.stderr.decode()
+        procs.adopt(int(r.stdout.split()[-1]))
+        want = bytes((i * 7 + i // 251) % 256 for i in range(1 << 16)) * 64
+        got = bytearray()
+        while True:
+            chunk = c.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        assert len(got) == len(want) and got == want, f"{len(got)} of {len(want)} bytes"
+    assert wait_lines(out, 2)[1] == f"sent {len(want)}"

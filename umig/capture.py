@@ -1061,7 +1061,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
          preread: str = "auto", tree: bool = False,
          max_contents: int = fdtable.MAX_CONTENTS,
          tcp_established: bool = False, ship_files: bool = False,
-         external_pipes: str = "refuse") -> GrabStats:
+         external_pipes: str = "refuse",
+         warn: Callable[[str], None] = lambda msg: None) -> GrabStats:
     """Write the image of process pid (with tree, of it and all its
     descendants) to out_fd; once it is complete (and on_complete(size),
     which puts a file image in place, succeeded) kill it (finish="kill"),
@@ -1076,7 +1077,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     has them (or, if the process goes on here, until the grab ends).
     ship_files: carry the files the processes have open or map (files.py).
     external_pipes: "refuse" a pipe to a process outside at fd > 2, or give
-    the process "devnull" there."""
+    the process "devnull" there.  warn(msg): what a failed grab could not
+    undo (it is said at once: the exception follows)."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid, tree)
@@ -1197,9 +1199,11 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     finally:
         if not done:
             with critical():
-                if taken:
-                    stats.warnings += taken.release()
-                fr.thaw()
+                try:
+                    for problem in (taken.release() if taken else []):
+                        warn(problem)
+                finally:
+                    fr.thaw()
         if tracker and not done:
             tracker.close()
         for tg in targets.values():

@@ -79,7 +79,8 @@ def cmd_grab(args) -> int:
                              preread=args.preread, tree=args.tree,
                              max_contents=args.max_contents_mib << 20,
                              tcp_established=args.tcp_established,
-                             ship_files=args.ship_files, external_pipes=args.external_pipes)
+                             ship_files=args.ship_files, external_pipes=args.external_pipes,
+                             warn=_warn)
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise

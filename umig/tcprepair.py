@@ -40,6 +40,8 @@ TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
 TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD = 0x541B, 0x5411, 0x894B
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+UNSENT_WAIT_S = 10
 REPAIR_WINDOW = struct.Struct("<5I")    # snd_wl1 snd_wnd max_window rcv_wnd rcv_wup
 MAX_USER_MSS = 32767
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1",
@@ -82,8 +84,10 @@ def _nft(script: str, netns_of: int | None = None) -> subprocess.CompletedProces
 
 
 def _rules(table: str, st: dict) -> str:
-    ip = "ip6" if st["family"] == socket.AF_INET6 else "ip"
     (la, lp), (ra, rp) = st["bound"], st["peer"]
+    ip = "ip6" if st["family"] == socket.AF_INET6 else "ip"
+    if ip == "ip6" and la.startswith("::ffff:") and ra.startswith("::ffff:") and "." in la:
+        ip, la, ra = "ip", la[7:], ra[7:]     # IPv4 on a dual-stack socket: IPv4 packets
     return (f"add rule inet {table} in {ip} saddr {ra} tcp sport {rp} {ip} daddr {la} "
             f"tcp dport {lp} drop\n"
             f"add rule inet {table} out {ip} saddr {la} tcp sport {lp} {ip} daddr {ra} "
@@ -109,8 +113,12 @@ def lock(table: str, st: dict, pid: int, fd: int, first: bool) -> None:
 
 def unlock(table: str, netns_of: int | None = None) -> bool:
     """Remove our lock table; False if there was none here (the lock was
-    made on another host, or already removed)."""
-    return _nft(f"delete table inet {table}\n", netns_of).returncode == 0
+    made on another host, or already removed) or nft is missing: never
+    raises, it runs on paths that must go on."""
+    try:
+        return _nft(f"delete table inet {table}\n", netns_of).returncode == 0
+    except (UmigError, OSError):
+        return False
 
 
 def new_table(pid: int) -> str:
@@ -138,8 +146,9 @@ class Taken:
                           f"connections only", pid=pid, fd=fd,
                           hint="grab it again once the connection is closed or established")
         first = pid not in self.tables
-        table = self.tables.setdefault(pid, new_table(pid))
+        table = self.tables.get(pid) or new_table(pid)
         lock(table, st, pid, fd, first)
+        self.tables[pid] = table          # made: release() removes it
         try:
             s.setsockopt(SOL_TCP, TCP_REPAIR, 1)
         except PermissionError:
@@ -170,6 +179,8 @@ class Taken:
                              f"{len(sendq)}/{outq} to send")
         return {
             "lock": table,
+            "sndbuf": s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            "rcvbuf": s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
             "rcv_seq": (rcv_nxt - inq) & 0xFFFFFFFF, "snd_seq": (write_seq - outq) & 0xFFFFFFFF,
             "recvq": recvq.hex(), "sendq": sendq.hex(), "unsent": unsent,
             "mss": _int(s, TCP_MAXSEG), "timestamp": _int(s, TCP_TIMESTAMP) & 0xFFFFFFFF,
@@ -217,6 +228,11 @@ def restore(st: dict, fd: int) -> tuple[socket.socket, bytes]:
         for key, level, opt in _OPTIONS:      # first: SO_REUSEADDR would undo the
             if st.get(key):                   # forced reuse repair mode gives bind
                 s.setsockopt(level, opt, st[key])
+        # the buffer sizes first (as set or autotuned): the queues must fit
+        # again, and the send queue is filled blocking in repair mode
+        for key, opt in (("sndbuf", SO_SNDBUFFORCE), ("rcvbuf", SO_RCVBUFFORCE)):
+            if r.get(key):
+                s.setsockopt(socket.SOL_SOCKET, opt, r[key] // 2)   # the kernel doubles it
         s.setsockopt(SOL_TCP, TCP_REPAIR, 1)
         step = "its sequence numbers"
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
@@ -275,15 +291,26 @@ def _fill(s: socket.socket, data: bytes) -> None:
 def go(socks: list[tuple[socket.socket, bytes]], tables: set[str]) -> list[str]:
     """The process is let go: unlock, repair mode off, unsent bytes queued.
     Returns what went wrong (the process runs anyway)."""
+    import select
     problems = []
     for table in tables:
         unlock(table)       # none here when the image comes from another host
     for s, unsent in socks:
         try:
             s.setsockopt(SOL_TCP, TCP_REPAIR, 0)
-            view = memoryview(unsent)    # the description's O_NONBLOCK is the program's
+            # the description's O_NONBLOCK is the program's: poll and send
+            # without blocking, until the peer has made room
+            view = memoryview(unsent)
+            deadline = time.monotonic() + UNSENT_WAIT_S
             while view:
-                view = view[s.send(view, socket.MSG_DONTWAIT):]
+                try:
+                    view = view[s.send(view, socket.MSG_DONTWAIT):]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise OSError(11, f"{len(view)} bytes the program wrote could not "
+                                          f"be queued again in {UNSENT_WAIT_S} s") from None
+                    select.select([], [s], [], min(left, 0.5))
         except OSError as e:
             problems.append(f"TCP connection {_where(s.getsockname())}: {e.strerror}")
         s.close()
