@@ -87,7 +87,8 @@ def test_raw_mode_program_resumes_in_another_terminal_as_a_shell_job(procs, tmp_
     bash in terminal B (24x80, cooked)
     THEN it runs with terminal B in raw mode and 37x111 (it checks: PASS);
     once it sets its terminal back to cooked, Ctrl-Z stops it and bash
-    reports the job stopped and takes commands, and fg makes it count on."""
+    reports the job stopped and takes commands, and fg makes it count on;
+    when it ends, terminal B has its own window size back."""
     log, counter = tmp_path / "log", tmp_path / "count"
     master_a, slave_a = _pty(37, 111)
     try:
@@ -132,6 +133,11 @@ def test_raw_mode_program_resumes_in_another_terminal_as_a_shell_job(procs, tmp_
         _counting(counter, screen)
         assert _state(pid) != "T"
         assert shell.poll() is None
+
+        os.kill(pid, signal.SIGKILL)          # it ends: the terminal is B's again
+        screen.wait(b"$ ")
+        size = fcntl.ioctl(master_b, termios.TIOCGWINSZ, bytes(8))
+        assert struct.unpack("HH", size[:4]) == (24, 80)
     finally:
         os.close(slave_b)
         os.close(master_b)

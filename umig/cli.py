@@ -147,8 +147,8 @@ def _foreground(pid: int, tty: int | None, own_modes: bytes | None) -> int:
     do we, with the terminal and its settings back as we had them, and our
     shell sees its job stopped; when the shell continues us (fg, bg), we
     continue it, in the foreground again if the shell gave us the terminal.
-    own_modes: our terminal's settings before the process's were put on it."""
-    from .fdtable import TCGETS, TCSETSW, TERMIOS_SIZE
+    own_modes: our terminal's settings and window size (termios + winsize)
+    before the process's were put on it."""
     job_modes = None
     try:
         while True:
@@ -159,27 +159,45 @@ def _foreground(pid: int, tty: int | None, own_modes: bytes | None) -> int:
                 continue
             if not os.WIFSTOPPED(status):
                 break
-            if tty is not None:
-                job_modes = _tty_call(lambda: fcntl.ioctl(tty, TCGETS, bytes(TERMIOS_SIZE)))
-                _tty_call(lambda: os.tcsetpgrp(tty, os.getpgrp()))
-                if own_modes:
-                    _tty_call(lambda: fcntl.ioctl(tty, TCSETSW, own_modes))
+            job_modes = _tty_call(lambda: _modes(tty))
+            _take_back(tty, pid, own_modes)
             os.kill(os.getpid(), signal.SIGSTOP)          # our shell: "Stopped"
-            if tty is not None and _tty_call(lambda: os.tcgetpgrp(tty)) == os.getpgrp():
+            if _tty_call(lambda: os.tcgetpgrp(tty)) == os.getpgrp():
                 if job_modes:
-                    _tty_call(lambda: fcntl.ioctl(tty, TCSETSW, job_modes))
+                    _tty_call(lambda: _set_modes(tty, job_modes))
                 _tty_call(lambda: os.tcsetpgrp(tty, pid))   # fg: it owns the terminal again
             try:
                 os.killpg(pid, signal.SIGCONT)
             except ProcessLookupError:
                 os.kill(pid, signal.SIGCONT)
     finally:
-        if tty is not None:
-            _tty_call(lambda: os.tcsetpgrp(tty, os.getpgrp()))
-            if own_modes:
-                _tty_call(lambda: fcntl.ioctl(tty, TCSETSW, own_modes))
+        _take_back(tty, pid, own_modes)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _modes(tty: int) -> bytes:
+    from .fdtable import TCGETS, TERMIOS_SIZE, TIOCGWINSZ, WINSIZE_SIZE
+    return fcntl.ioctl(tty, TCGETS, bytes(TERMIOS_SIZE)) + fcntl.ioctl(
+        tty, TIOCGWINSZ, bytes(WINSIZE_SIZE))
+
+
+def _set_modes(tty: int, modes: bytes) -> None:
+    from .fdtable import TCSETSW, TERMIOS_SIZE, TIOCSWINSZ
+    fcntl.ioctl(tty, TCSETSW, modes[:TERMIOS_SIZE])
+    if len(modes) > TERMIOS_SIZE:
+        fcntl.ioctl(tty, TIOCSWINSZ, modes[TERMIOS_SIZE:])
+
+
+def _take_back(tty: int | None, pid: int, own_modes: bytes | None) -> None:
+    """The terminal back to our process group, with our settings and size,
+    if the process (its group) has it: never from whoever else has it (our
+    shell, when we run in the background)."""
+    if tty is None or _tty_call(lambda: os.tcgetpgrp(tty)) not in (pid, os.getpgrp(), 0):
+        return
+    _tty_call(lambda: os.tcsetpgrp(tty, os.getpgrp()))
+    if own_modes:
+        _tty_call(lambda: _set_modes(tty, own_modes))
 
 
 def _tty_call(fn):

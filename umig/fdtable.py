@@ -277,6 +277,8 @@ def terminal_state(pid: int, fd: int) -> bytes:
     try:
         return (fcntl.ioctl(ours, TCGETS, bytes(TERMIOS_SIZE))
                 + fcntl.ioctl(ours, TIOCGWINSZ, bytes(WINSIZE_SIZE)))
+    except OSError:
+        return b""       # hung up (its ssh session gone): nothing to carry
     finally:
         os.close(ours)
 
@@ -2056,30 +2058,26 @@ class ResumeFds:
         return self._ptys[index]
 
     def terminal_go(self) -> bytes | None:
-        """The process is let go: the terminal of `umig resume` takes on the
-        settings and window size the process's terminal had.  Returns the
-        terminal's own settings before (for `umig resume` to put back when
-        the process stops or ends), or None if it changed nothing."""
-        if not self.terminal_modes:
-            return None
-        tty = next((n for n in (0, 1, 2) if os.isatty(n)), None)
-        if tty is None:
-            return None
+        """The process is let go: the terminal of `umig resume` (its stdin,
+        when umig is in its foreground, as `on_running` hands it over) takes
+        on the settings and window size the process's terminal had.  Returns
+        the terminal's own settings and size before (termios + winsize, for
+        `umig resume` to put back when the process stops or ends), or None
+        if it changed nothing."""
+        if not self.terminal_modes or not os.isatty(0) or os.tcgetpgrp(0) != os.getpgrp():
+            return None        # umig does not hand the process a terminal it owns
         modes = self.terminal_modes[:TERMIOS_SIZE]
         size = self.terminal_modes[TERMIOS_SIZE:TERMIOS_SIZE + WINSIZE_SIZE]
-        import signal
-        old_ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         try:
-            before = fcntl.ioctl(tty, TCGETS, bytes(TERMIOS_SIZE))
-            fcntl.ioctl(tty, TCSETSW, modes)
+            before = (fcntl.ioctl(0, TCGETS, bytes(TERMIOS_SIZE))
+                      + fcntl.ioctl(0, TIOCGWINSZ, bytes(WINSIZE_SIZE)))
+            fcntl.ioctl(0, TCSETSW, modes)
             if len(size) == WINSIZE_SIZE and size != bytes(WINSIZE_SIZE) and \
-                    fcntl.ioctl(tty, TIOCGWINSZ, bytes(WINSIZE_SIZE)) != size:
-                fcntl.ioctl(tty, TIOCSWINSZ, size)
+                    before[TERMIOS_SIZE:] != size:
+                fcntl.ioctl(0, TIOCSWINSZ, size)
             return before
         except OSError:
             return None
-        finally:
-            signal.signal(signal.SIGTTOU, old_ttou)
 
     def _place(self, fd: int, dst: int) -> int:
         """fd moved to dst if umig has nothing there (else above base)."""
