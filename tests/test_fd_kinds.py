@@ -447,3 +447,25 @@ def test_external_pipes_become_devnull_when_asked(procs, tmp_path):
     finally:
         os.close(w5)
         os.close(r6)
+
+
+def test_proc_and_sys_files_with_ship_files_and_a_new_pid(procs, tmp_path):
+    """GIVEN the /proc and /sys files of the test before, grabbed with
+    --ship-files (they are the host's: not shipped, not compared by size)
+    WHEN resumed with a new pid (--pid new)
+    THEN /proc/PID/status and stat are those of the new pid, at their
+    offsets: PASS."""
+    script = Path(__file__).parent / "victims" / "procfiles.py"
+    out = tmp_path / "out"
+    src = procs.start([sys.executable, str(script)], stdout=out.open("w"))
+    wait_lines(out, 1)
+    r = run_umig("grab", "--ship-files", "--leave-running", "-o", str(tmp_path / "img"),
+                 str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    r = run_umig("resume", "--detach", "--pid", "new", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    pid = procs.adopt(int(r.stdout.split()[-1]))
+    assert pid != src.pid
+    os.kill(pid, signal.SIGUSR1)
+    assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                 None), 20, "PASS or FAIL") == "PASS", read_lines(out)

@@ -288,3 +288,29 @@ def test_unix_socket_connected_outside_is_refused_by_name(procs, tmp_path, how):
             assert f"process {p.pid} fd 5 is " in msg and "socket" in msg, msg
             assert f"process {os.getpid()} fd {ours.fileno()}" in msg, msg
             assert p.poll() is None and tracer(p.pid) == 0
+
+
+def test_external_pipe_watched_by_epoll_is_refused_even_with_devnull(procs, tmp_path):
+    """GIVEN python3 watching with epoll the read end (fd 5) of a pipe whose
+    write end this test holds
+    WHEN grabbed with --external-pipes=devnull
+    THEN refused (exit 67): /dev/null cannot be watched by epoll, so the
+    image could never be resumed; the process runs on, untraced."""
+    r5, w5 = os.pipe()
+    code = ("import os, select, time\n"
+            f"os.dup2({r5}, 5); os.close({r5})\n"
+            "ep = select.epoll(); ep.register(5, select.EPOLLIN)\n"
+            "print('ready', flush=True)\ntime.sleep(60)\n")
+    try:
+        p = procs.start([sys.executable, "-c", code], stdout=subprocess.PIPE, pass_fds=(r5,))
+        os.close(r5)
+        assert p.stdout.readline() == b"ready\n"
+        r = run_umig("grab", "--external-pipes=devnull", "-o", str(tmp_path / "img"),
+                     str(p.pid))
+        msg = r.stderr.decode()
+        assert r.returncode == Exit.REFUSED, msg
+        assert f"process {p.pid} fd 5 (pipe:[" in msg and "cannot be watched" in msg, msg
+        assert not (tmp_path / "img").exists()
+        assert p.poll() is None and tracer(p.pid) == 0
+    finally:
+        os.close(w5)

@@ -46,6 +46,7 @@ class FdInfo:
     max_contents: int = 0      # bytes of a deleted file's or memfd's contents to carry
     diag: dict | None = None   # a unix socket's sock_diag answer
     tcp: object = None         # tcprepair.Taken with --tcp-established, else None
+    owner: int = 0             # the pid whose fd it is
 
     @functools.cached_property
     def fdinfo(self) -> dict:
@@ -188,8 +189,8 @@ PROC_PID = re.compile(r"^/proc/(\d+)(/.*)?$")
 
 
 class ProcPidFile(FdKind):
-    """A file under /proc/PID/ of the process itself (or of a thread or
-    member of the grabbed tree): /proc/PID/status, /proc/self/stat, ...
+    """A file under /proc/PID/ of the process itself or one of its threads:
+    /proc/PID/status, /proc/self/stat, ...
     Reopened by the resumed process itself, under its new pid, once it
     exists (injected openat at the end of the resume: ResumeFds.late),
     with its flags and offset.  Other /proc and /sys files are regular
@@ -198,7 +199,11 @@ class ProcPidFile(FdKind):
 
     @classmethod
     def matches(cls, info: FdInfo) -> bool:
-        return PROC_PID.match(info.target) is not None and info.st.st_dev == _proc_dev()
+        m = PROC_PID.match(info.target)
+        if m is None or info.st.st_dev != _proc_dev():
+            return False
+        n = int(m.group(1))     # its own, or one of its threads' (others: by path)
+        return n == info.owner or os.path.exists(f"/proc/{info.owner}/task/{n}")
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
@@ -1643,6 +1648,15 @@ def _to_devnull(members, ino: int, holder: tuple[int, int], notes: list[str] | N
     for pid, fds in members:
         for rec in fds:
             if rec["kind"] in (Pipe.name, Stdio.name) and rec["path"] == f"pipe:[{ino}]":
+                for ep in fds:
+                    if ep["kind"] == Epoll.name and any(
+                            w[0] == rec["fd"] and w[3] == ino for w in Epoll.watches(ep)):
+                        raise Refused(f"process {pid} fd {rec['fd']} (pipe:[{ino}], whose "
+                                      f"other end process {holder[0]} fd {holder[1]} holds) "
+                                      f"is watched by epoll fd {ep['fd']}, and /dev/null "
+                                      f"cannot be watched", pid=pid, fd=rec["fd"],
+                                      hint="grab the process at the other end with it "
+                                           "(--tree)")
                 rec.update(kind=SimpleDevice.name, path="/dev/null", mode=stat.S_IFCHR | 0o666,
                            rdev=os.makedev(1, 3), dev=0, ino=0, size=0, mtime_ns=0, pos=0,
                            state=b"", desc=0)
@@ -1847,6 +1861,7 @@ def _describe_each(pid: int, infos, max_contents: int, tcp) -> list[dict]:
         fd = info.fd
         info.max_contents = max_contents
         info.tcp = tcp
+        info.owner = pid
         for kind in _BY_TYPE.get(stat.S_IFMT(info.st.st_mode), ()):
             if kind.matches(info):
                 out.append(kind.describe(pid, info))

@@ -39,7 +39,7 @@ def ship(members, max_contents: int) -> list[dict]:
     fds)), each file once; refuses one bigger than max_contents."""
     out, seen = [], set()
     for (path, kind, rec, what), pid in _with_pids(members):
-        if kind == "dir" or (rec["dev"], rec["ino"]) in seen:
+        if kind == "dir" or (rec["dev"], rec["ino"]) in seen or pseudo(path):
             continue
         seen.add((rec["dev"], rec["ino"]))
         fd = _open_same(pid, path, kind, rec)
@@ -108,6 +108,28 @@ def contents(f: dict) -> bytes:
     return data
 
 
+PSEUDO_FS = {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+             "configfs", "bpf", "pstore", "efivarfs", "devpts"}
+
+
+def pseudo(path: str) -> bool:
+    """Whether path is on a kernel's pseudo filesystem (/proc, /sys, ...):
+    its files are the host's, not contents to ship, and their sizes mean
+    nothing."""
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                point = left.split()[4]
+                if (path == point or path.startswith(point.rstrip("/") + "/")) \
+                        and len(point) >= len(best):
+                    best, fstype = point, right.split()[0]
+    except OSError:
+        return False
+    return fstype in PSEUDO_FS
+
+
 def _with_pids(members):
     for pid, vmas, fds in members:
         for use in _uses([(pid, vmas, fds)]):
@@ -150,6 +172,8 @@ def _problem(path: str, kind: str, rec: dict, what: str) -> str | None:
             return (f"{path} ({what}) differs from the image's: size {st.st_size} vs "
                     f"{rec['file_size']}, mtime {st.st_mtime_ns} vs {rec['mtime_ns']}")
         return None
+    if pseudo(path):
+        return None            # /proc, /sys: there, and their sizes mean nothing
     grown_by_appends = rec["flags"] & os.O_APPEND and st.st_size >= rec["size"]
     if st.st_size != rec["size"] and not grown_by_appends:
         return f"{path} ({what}) is {st.st_size} bytes, {rec['size']} when grabbed"
