@@ -469,3 +469,41 @@ def test_proc_and_sys_files_with_ship_files_and_a_new_pid(procs, tmp_path):
     os.kill(pid, signal.SIGUSR1)
     assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
                                  None), 20, "PASS or FAIL") == "PASS", read_lines(out)
+
+
+def test_unix_datagram_clients_reconnect_by_name(procs, tmp_path):
+    """GIVEN python3 with a datagram socket connected to a named one this
+    test owns (like a syslog client on /dev/log), an unbound one it sends
+    with sendto, and a bound one of its own
+    WHEN grabbed and resumed
+    THEN its connected socket reaches the test's socket again by name, and
+    sendto through the unbound one reaches its own bound socket: the test
+    receives "hello after" and the program says PASS."""
+    import socket
+    log = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(log))
+        server.settimeout(20)
+        code = ("import os, signal, socket, sys, time\n"
+                "c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                f"c.connect({str(log)!r})\nc.send(b'hello before')\n"
+                "u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                "b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                f"b.bind({str(tmp_path / 'own.sock')!r})\n"
+                "go = []\nsignal.signal(signal.SIGUSR1, lambda *_: go.append(1))\n"
+                "print('ready', flush=True)\n"
+                "while not go: time.sleep(0.01)\n"
+                "c.send(b'hello after')\n"
+                f"u.sendto(b'to myself', {str(tmp_path / 'own.sock')!r})\n"
+                "b.settimeout(10)\n"
+                "print('PASS' if b.recv(100) == b'to myself' else 'FAIL', flush=True)\n")
+        out = tmp_path / "out"
+        src = procs.start([sys.executable, "-c", code], stdout=out.open("w"))
+        wait_lines(out, 1)
+        assert server.recv(100) == b"hello before"
+        pid = grab_and_resume(procs, tmp_path, src)
+        os.kill(pid, signal.SIGUSR1)
+        assert server.recv(100) == b"hello after"
+        assert wait_for(lambda: next((x for x in read_lines(out)
+                                      if x.startswith(("PASS", "FAIL"))), None),
+                        20, "PASS or FAIL") == "PASS", read_lines(out)

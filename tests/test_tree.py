@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -291,3 +292,33 @@ def test_unix_connections_through_named_listeners_inside_the_tree(procs, tmp_pat
     os.kill(pid, signal.SIGUSR1)
     assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
                                  None), 20, "PASS or FAIL") == "PASS", read_lines(out)
+
+
+def test_posix_shared_memory_stays_shared_between_members(procs, tmp_path):
+    """GIVEN python3 and its child sharing a POSIX shared memory object in
+    /dev/shm (both map it, the parent holds its fd), answering requests
+    through it
+    WHEN the tree is grabbed and resumed
+    THEN a request written by the parent is answered by the child through
+    the same memory: PASS."""
+    name = f"umig-test-{os.getpid()}-{time.monotonic_ns()}"
+    out = tmp_path / "out"
+    try:
+        src = procs.start([sys.executable, str(Path(__file__).parent / "victims" /
+                                               "shmtree.py"), name], stdout=out.open("w"))
+        child = int(wait_lines(out, 1)[0].split()[1])
+        r = run_umig("grab", "--tree", "-o", str(tmp_path / "img"), str(src.pid))
+        assert r.returncode == 0, r.stderr.decode()
+        src.wait(timeout=5)
+        wait_for(lambda: reap_orphans() or not os.path.exists(f"/proc/{child}") or None, 10,
+                 "the child to be gone")
+        r = run_umig("resume", "--detach", str(tmp_path / "img"))
+        assert r.returncode == 0, r.stderr.decode()
+        pid = procs.adopt_tree(int(r.stdout.split()[-1]))
+        os.kill(pid, signal.SIGUSR1)
+        assert wait_for(lambda: next((x for x in read_lines(out)
+                                      if x.startswith(("PASS", "FAIL"))), None),
+                        20, "PASS or FAIL") == "PASS", read_lines(out)
+    finally:
+        if os.path.exists(f"/dev/shm/{name}"):
+            os.unlink(f"/dev/shm/{name}")

@@ -933,6 +933,8 @@ class UnixPair(FdKind):
                           f"{info.target}): umig cannot move this kind of socket yet",
                           pid=pid, fd=fd)
         peer = unix_diag(d["peer"]) if d["peer"] else None
+        if d["type"] == socket.SOCK_DGRAM and peer and peer["name"] and not d["name"]:
+            return UnixDgramClient.describe_client(pid, info, d, peer)
         if d["name"] or (peer and peer["name"]):
             if d["name"] and peer and peer["name"]:
                 raise Refused(f"process {pid} fd {fd} is a socket ({kind}, {info.target}) "
@@ -1039,6 +1041,39 @@ class UnixConnection(UnixPair):
         return fd
 
 
+class UnixDgramClient(FdKind):
+    """An unbound unix datagram socket connected to a named one (a syslog
+    client on /dev/log, ...), wherever that one is: connected again by
+    name once every fd is made (ResumeFds.unix_fill).  Replies queued for
+    it are refused by name (they could not be queued again from their
+    sender).  state = JSON {name: hex of the peer's name}."""
+    name = "unix-dgram"
+
+    @classmethod
+    def matches(cls, info: FdInfo) -> bool:
+        return False          # reached through UnixPair.describe
+
+    @classmethod
+    def describe_client(cls, pid: int, info: FdInfo, d: dict, peer: dict) -> dict:
+        import json
+        name = _socket_name(peer["name"])
+        if _peek_messages(pid, info.fd, info.target):
+            raise Refused(f"process {pid} fd {info.fd} is a unix datagram socket connected to "
+                          f"{_shown(name)} with datagrams queued for it, which would be lost",
+                          pid=pid, fd=info.fd, hint="let the program read them first")
+        rec = super().describe(pid, info)
+        rec["path"] = f"{info.target} (connected to {_shown(name)})"
+        rec["state"] = json.dumps({"name": name.hex()}).encode()
+        return rec
+
+    @classmethod
+    def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        fd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC).detach()
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (rec["flags"] & os.O_NONBLOCK))
+        return fd
+
+
 UNIX_ENDS = ("unix", "unix-conn")
 
 
@@ -1057,8 +1092,9 @@ class UnixBound(FdKind):
 
     @staticmethod
     def wanted(d: dict) -> bool:
-        return bool(d["name"]) and d["state"] in (TCP_LISTEN, TCP_CLOSE) \
-            and d["type"] in SOCK_TYPES
+        if not d["name"]:      # an unbound, unconnected datagram socket (sendto only)
+            return d["state"] == TCP_CLOSE and d["type"] == socket.SOCK_DGRAM
+        return d["state"] in (TCP_LISTEN, TCP_CLOSE) and d["type"] in SOCK_TYPES
 
     @classmethod
     def matches(cls, info: FdInfo) -> bool:
@@ -1071,8 +1107,8 @@ class UnixBound(FdKind):
         name = d["name"]
         if name[:1] != b"\0":
             name = name.split(b"\0", 1)[0]     # a path (binders may count its NUL)
-        shown = "@" + name[1:].decode(errors="replace") if name[:1] == b"\0" else name.decode(
-            errors="replace")
+        shown = ("@" + name[1:].decode(errors="replace") if name[:1] == b"\0" else
+                 name.decode(errors="replace")) if name else "(unnamed)"
         listening = d["state"] == TCP_LISTEN
         if d["rqueue"]:
             what = (f"{d['rqueue']} connection(s) waiting to be accepted" if listening
@@ -1081,7 +1117,7 @@ class UnixBound(FdKind):
                           f"{what}, which would be lost", pid=pid, fd=fd,
                           hint="grab it again once the program has taken them")
         mode = 0
-        if name[:1] != b"\0":
+        if name and name[:1] != b"\0":
             try:
                 mode = stat.S_IMODE(os.stat(name).st_mode)
             except OSError:
@@ -1099,10 +1135,11 @@ class UnixBound(FdKind):
         name = bytes.fromhex(st["name"])
         s = socket.socket(socket.AF_UNIX, st["type"] | socket.SOCK_CLOEXEC)
         try:
-            if name[:1] != b"\0" and os.path.exists(name) and stat.S_ISSOCK(
+            if name and name[:1] != b"\0" and os.path.exists(name) and stat.S_ISSOCK(
                     os.lstat(name).st_mode):
                 _unlink_stale(name, st["type"], rec["path"], rec["fd"])
-            s.bind(name)
+            if name:
+                s.bind(name)
             if st["mode"]:
                 os.chmod(name, st["mode"])
             if st["listening"]:
@@ -1514,7 +1551,7 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, ProcPidFile, RegularFile, Directory, SimpleDevice, Terminal,
-    PtyMaster, PtySlave, Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixConnection, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
+    PtyMaster, PtySlave, Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixConnection, UnixDgramClient, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
 # the kinds whose matches() can say yes, by file type (st_mode & S_IFMT;
 # anon inodes have none), in KINDS order: 10,000 fds are not each offered
 # to every kind
@@ -1893,6 +1930,7 @@ class ResumeFds:
         self.fifos: dict[tuple, int] = {}         # (dev, ino) of a FIFO -> ours, read-write
         self._unix: dict[int, int] = {}           # socket ino -> our end of a new pair
         self.listeners: dict[bytes, int] = {}     # name -> our listening unix socket
+        self._fd_of: dict[int, int] = {}          # id(FD record) -> ours
         self.tcp: list = []                       # (socket in repair mode, unsent bytes)
         self.terminal_modes = b""                 # termios + winsize the process's tty had
         self.pty_masters: dict[int, dict] = {}    # old pty number -> its master's record
@@ -1952,8 +1990,24 @@ class ResumeFds:
         return self._unix[ino]
 
     def unix_fill(self, fds: list[dict]) -> None:
-        """Once every end is made: queue each end's bytes through its peer,
-        shut down what was shut down, and close ends nobody holds."""
+        """Once every end is made: connect datagram clients to their named
+        peers, queue each end's bytes through its peer, shut down what was
+        shut down, and close ends nobody holds."""
+        import json
+        for rec in fds:
+            if rec["kind"] == UnixDgramClient.name:
+                name = bytes.fromhex(json.loads(rec["state"])["name"])
+                desc = rec.get("desc", 0)
+                ours = self._descs.get(desc) if desc else None
+                target = ours if ours is not None else self._fd_of.get(id(rec))
+                try:
+                    with socket.socket(fileno=os.dup(target)) as s:
+                        s.connect(name)
+                except OSError as e:
+                    raise EnvironmentProblem(f"fd {rec['fd']}: cannot connect its unix datagram "
+                                             f"socket to {_shown(name)} again: {e.strerror}",
+                                             fd=rec["fd"], hint="start what listens there") \
+                        from None
         held = {rec["ino"] for rec in fds if rec["kind"] in UNIX_ENDS}
         ends = {rec["ino"]: UnixPair.HEAD.unpack_from(rec["state"]) + (rec,) for rec in fds
                 if rec["kind"] in UNIX_ENDS}
@@ -2142,6 +2196,7 @@ class ResumeFds:
         fd = kind.recreate(rec, self)
         if fd not in self.opened:       # not one of ours already (a pipe's or pair's end)
             fd = self._place(fd, rec["fd"]) if self.direct else self.keep(fd)
+        self._fd_of[id(rec)] = fd
         if kind is UnixBound:
             import json
             st = json.loads(rec["state"])
