@@ -9,6 +9,7 @@ it killed (or left running/stopped, if asked).
 from __future__ import annotations
 
 import collections
+import contextlib
 import mmap
 import os
 import platform
@@ -1105,6 +1106,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     targets: dict[int, Target] = {pid: t}
     t.pin_ok = not tree
     taken = tcprepair.Taken() if tcp_established else None
+    stack = contextlib.ExitStack()
 
     def check() -> None:
         if interrupted():
@@ -1121,6 +1123,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         with critical():
             fr.freeze()
         check()
+        stack.enter_context(fdtable.pidfds())
         members = []
         for p in fr.members:
             if p not in targets:
@@ -1197,6 +1200,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             raise NoProcess(f"process {pid} went away while umig grabbed it", pid=pid) from e
         raise from_oserror(e, f"grabbing process {pid}", pid=pid) from e
     finally:
+        stack.close()
         if not done:
             with critical():
                 try:

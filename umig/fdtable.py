@@ -9,6 +9,7 @@ that the restorer dups to the original number.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
@@ -114,13 +115,37 @@ def take_locks(fd: int, rec: dict) -> list[dict]:
 
 def take_fd(pid: int, fd: int) -> int:
     """A duplicate, in umig, of pid's fd (pidfd_getfd): the same open file
-    description, to look at without changing the process."""
+    description, to look at without changing the process.  The pidfd is
+    kept while a grab describes the process (pidfds(), closed after)."""
     from .native import syscall
+    pidfd = _pidfds.get(pid) if _pidfds is not None else None
+    if pidfd is not None:
+        return syscall(NR_pidfd_getfd, pidfd, fd, 0)
     pidfd = os.pidfd_open(pid)
+    if _pidfds is not None:
+        _pidfds[pid] = pidfd
+        return syscall(NR_pidfd_getfd, pidfd, fd, 0)
     try:
         return syscall(NR_pidfd_getfd, pidfd, fd, 0)
     finally:
         os.close(pidfd)
+
+
+_pidfds: dict[int, int] | None = None
+
+
+@contextlib.contextmanager
+def pidfds():
+    """While it lasts, take_fd keeps one pidfd per process (a grab takes
+    thousands of fds from frozen processes, whose pids cannot be reused)."""
+    global _pidfds
+    _pidfds = {}
+    try:
+        yield
+    finally:
+        for pidfd in _pidfds.values():
+            os.close(pidfd)
+        _pidfds = None
 
 
 class FdKind:
