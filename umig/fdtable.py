@@ -1830,16 +1830,16 @@ def fd_info(pid: int, fd: int) -> FdInfo:
                   raw)
 
 
-@dataclass(frozen=True)
 class FdStat:
-    """The parts of stat(/proc/PID/fd/N) umig uses (as os.stat_result names them)."""
-    st_mode: int
-    st_nlink: int
-    st_dev: int
-    st_ino: int
-    st_rdev: int
-    st_size: int
-    st_mtime_ns: int
+    """The parts of stat(/proc/PID/fd/N) umig uses (as os.stat_result names
+    them).  For sockets and pipes, size and mtime are 0 (umig_fd_scan
+    stats one of each kind for the rest)."""
+    __slots__ = ("st_mode", "st_nlink", "st_dev", "st_ino", "st_rdev", "st_size",
+                 "st_mtime_ns")
+
+    def __init__(self, mode, nlink, dev, ino, rdev, size, mtime_ns):
+        self.st_mode, self.st_nlink, self.st_dev, self.st_ino = mode, nlink, dev, ino
+        self.st_rdev, self.st_size, self.st_mtime_ns = rdev, size, mtime_ns
 
 
 def fd_infos(pid: int, fds: list[int]):

@@ -6,6 +6,7 @@ overwritten."""
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 
@@ -117,17 +118,25 @@ def pseudo(path: str) -> bool:
     its files are the host's, not contents to ship, and their sizes mean
     nothing."""
     best, fstype = "", ""
+    for point, kind in _mounts():
+        if (path == point or path.startswith(point.rstrip("/") + "/")) \
+                and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype in PSEUDO_FS
+
+
+@functools.lru_cache(maxsize=1)
+def _mounts() -> tuple[tuple[str, str], ...]:
+    """(mount point, filesystem type) of this mount namespace, read once."""
+    out = []
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 left, _, right = line.partition(" - ")
-                point = left.split()[4]
-                if (path == point or path.startswith(point.rstrip("/") + "/")) \
-                        and len(point) >= len(best):
-                    best, fstype = point, right.split()[0]
+                out.append((left.split()[4].replace("\\040", " "), right.split()[0]))
     except OSError:
-        return False
-    return fstype in PSEUDO_FS
+        pass
+    return tuple(out)
 
 
 def _with_pids(members):

@@ -116,6 +116,75 @@ class Record:
             raise TypeError(f"{self.name}.{f.name}: unknown type {t}")
 
     def decode(self, payload: bytes | memoryview) -> dict:
+        steps = self._decoders()
+        if steps is not None:
+            out: dict = {}
+            try:
+                pos = 0
+                for step in steps:
+                    pos = step(payload, pos, out)
+            except (struct.error, ValueError):
+                return self._decode_slowly(payload)    # fields appended since: absent
+            if pos != len(payload):
+                out["_extra"] = bytes(payload[pos:])
+            return out
+        return self._decode_slowly(payload)
+
+    def _decoders(self) -> list | None:
+        """decode() compiled once per kind for records of fixed fields, str,
+        bytes and arrays (10,000 FD records are read by every resume); None
+        for the others, which take _decode_slowly."""
+        cache = self._item_structs
+        if "__dec__" in cache:
+            return cache["__dec__"]
+        steps, run = [], []
+
+        def close_run():
+            if run:
+                names, st = tuple(n for n, _ in run), struct.Struct(
+                    "<" + "".join(c for _, c in run))
+
+                def step(b, pos, out, names=names, st=st):
+                    out.update(zip(names, st.unpack_from(b, pos)))
+                    return pos + st.size
+                steps.append(step)
+                run.clear()
+        for f in self.fields:
+            t = f.type
+            if t in _FIXED:
+                run.append((f.name, _FIXED[t]))
+                continue
+            close_run()
+            if t == "array":
+                def step(b, pos, out, f=f, st=self._item_struct(f)):
+                    (count,) = _U32.unpack_from(b, pos)
+                    end = pos + 4 + count * st.size
+                    if end > len(b):
+                        raise ValueError(f"{f.name}: {count} items past the end")
+                    names = [i.name for i in f.items]
+                    out[f.name] = [dict(zip(names, vals))
+                                   for vals in st.iter_unpack(b[pos + 4:end])]
+                    return end
+                steps.append(step)
+                continue
+            if t not in ("str", "bytes"):
+                cache["__dec__"] = None
+                return None
+
+            def step(b, pos, out, n=f.name, text=t == "str"):
+                (size,) = _U32.unpack_from(b, pos)
+                end = pos + 4 + size
+                if end > len(b):
+                    raise ValueError(f"{n}: {size} bytes past the end")
+                raw = bytes(b[pos + 4:end])
+                out[n] = raw.decode("utf-8", "surrogateescape") if text else raw
+                return end
+            steps.append(step)
+        close_run()
+        cache["__dec__"] = steps
+        return steps
+
+    def _decode_slowly(self, payload: bytes | memoryview) -> dict:
         mv = memoryview(payload)
         pos = 0
         out: dict = {}
