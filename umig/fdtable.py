@@ -1845,19 +1845,20 @@ class FdStat:
 def fd_infos(pid: int, fds: list[int]):
     """fd_info of every fd in fds, in order, the /proc reading done by native
     calls (umig_fd_scan) rather than three Python calls per fd.  Many fds
-    are read in chunks by two threads while the caller works on the chunks
-    already read (the kernel's /proc work is most of the cost, it releases
-    the GIL, and the frozen process leaves the CPUs free)."""
+    are read in chunks by two threads, which run only native code (no GIL),
+    while this one turns the chunks already read into FdInfo and the caller
+    works on them (the kernel's /proc work is most of the cost, and the
+    frozen process leaves the CPUs free)."""
     if len(fds) < SCAN_SPLIT:
-        yield from _scan(pid, fds)
+        yield from _infos(pid, fds, *_scan(pid, fds))
         return
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(_scan, pid, fds[i:i + SCAN_CHUNK])
-                   for i in range(0, len(fds), SCAN_CHUNK)]
+        chunks = [fds[i:i + SCAN_CHUNK] for i in range(0, len(fds), SCAN_CHUNK)]
+        futures = [pool.submit(_scan, pid, c) for c in chunks]
         try:
-            for f in futures:
-                yield from f.result()
+            for chunk, f in zip(chunks, futures):
+                yield from _infos(pid, chunk, *f.result())
         finally:
             for f in futures:
                 f.cancel()
@@ -1867,10 +1868,9 @@ SCAN_SPLIT = 1000
 SCAN_CHUNK = 500
 
 
-def _scan(pid: int, fds: list[int]) -> list[FdInfo]:
+def _scan(pid: int, fds: list[int]):
+    """umig_fd_scan of fds: (its struct array, the text); native only."""
     from .native import ffi, lib
-    if not fds:
-        return []
     arr = ffi.new("int32_t[]", fds)
     out = ffi.new("struct umig_fdstat[]", len(fds))
     textlen = len(fds) * 512 + (1 << 20)
@@ -1879,19 +1879,20 @@ def _scan(pid: int, fds: list[int]) -> list[FdInfo]:
     if used < 0:
         raise from_oserror(OSError(-used, os.strerror(-used)), f"listing the fds of process "
                            f"{pid}", pid=pid)
-    buf = ffi.buffer(text, used)[:]
-    infos = []
+    return out, ffi.buffer(text, used)[:]
+
+
+def _infos(pid: int, fds: list[int], out, buf: bytes):
     for i, fd in enumerate(fds):
         o = out[i]
         if o.err == errno.ENOENT:
             raise UmigError(f"process {pid} fd {fd} closed while it was frozen", pid=pid, fd=fd)
         if o.err:
-            infos.append(fd_info(pid, fd))      # too long for the buffer, or odd: the slow way
+            yield fd_info(pid, fd)      # too long for the buffer, or odd: the slow way
             continue
-        st = FdStat(o.mode, o.nlink, o.dev, o.ino, o.rdev, o.size, o.mtime_ns)
-        infos.append(FdInfo(fd, os.fsdecode(buf[o.link_off:o.link_off + o.link_len]), st,
-                            o.flags, o.pos, buf[o.info_off:o.info_off + o.info_len]))
-    return infos
+        yield FdInfo(fd, os.fsdecode(buf[o.link_off:o.link_off + o.link_len]),
+                     FdStat(o.mode, o.nlink, o.dev, o.ino, o.rdev, o.size, o.mtime_ns),
+                     o.flags, o.pos, buf[o.info_off:o.info_off + o.info_len])
 
 
 def describe_all(pid: int, max_contents: int = MAX_CONTENTS, tcp=None) -> list[dict]:
