@@ -266,3 +266,18 @@ def assert_counting(lines: list[str]) -> list[int]:
 
 def have_cmd(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    """A rig of three hosts (tests/hosts.py: network, PID, mount and UTS
+    namespaces, each with its own sshd), removed after the module, also
+    when a test failed."""
+    if os.geteuid() != 0:
+        pytest.skip("the multi-host rig needs root (namespaces, sshd); this run is not root")
+    import hosts as rigmod
+    rig = rigmod.make(3)
+    try:
+        yield rig
+    finally:
+        rig.down()
