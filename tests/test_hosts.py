@@ -73,3 +73,98 @@ def test_process_moved_through_ssh_from_host_to_host_and_back(hosts, tmp_path):
     finally:
         for h in range(3):
             run(hosts.ssh(h, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def _start_counter(hosts, host: int, out: Path) -> int:
+    start = (f"cd {shlex.quote(str(out.parent))}; setsid python3 -c {shlex.quote(COUNTER)} "
+             f"> {shlex.quote(str(out))} 2>&1 < /dev/null & echo $!")
+    r = run(hosts.ssh(host, start))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: out.exists() and len(_numbers(out)) > 5 or None, 10, "the count")
+    return int(r.stdout.split()[-1])
+
+
+def _migrate(hosts, here: int, pid: int, dest: str, *extra: str) -> subprocess.CompletedProcess:
+    """`umig migrate` run on host `here`, with the rig's ssh."""
+    ssh = shlex.join(hosts.ssh_client())
+    cmd = umig_cmd("migrate", "-v", "--detach", str(pid), dest, "--ssh", ssh,
+                   "--remote-umig", shlex.join(umig_cmd()), *extra)
+    return run(hosts.ssh(here, shlex.join(cmd)))
+
+
+def test_migrate_moves_it_and_kills_the_source_only_once_it_runs_there(hosts, tmp_path):
+    """GIVEN python3 counting into a file on host 0
+    WHEN `umig migrate --detach PID root@host1` runs on host 0
+    THEN it prints the pid it has on host 1 (the same), the source is gone
+    from host 0, the count goes on from host 1 with no gap or repeat, and
+    the summary says how long it was frozen."""
+    out = tmp_path / "count"
+    pid = _start_counter(hosts, 0, out)
+    try:
+        r = _migrate(hosts, 0, pid, f"root@{hosts.hosts[1].addr}")
+        assert r.returncode == 0, r.stderr
+        assert int(r.stdout.split()[-1]) == pid
+        assert f"moved process {pid} to root@{hosts.hosts[1].addr}" in r.stderr
+        assert "frozen" in r.stderr
+        gone = run(hosts.ssh(0, f"test -e /proc/{pid} && echo alive || echo gone"))
+        assert gone.stdout.strip() == "gone"
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 1")
+        assert run(hosts.ssh(1, f"cat /proc/{pid}/comm")).stdout.strip() == "python3"
+        nums = _numbers(out)
+        assert nums == list(range(len(nums))), f"a gap or a repeat: ...{nums[-20:]}"
+    finally:
+        for h in range(3):
+            run(hosts.ssh(h, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def test_migrate_failures_leave_the_source_counting(hosts, tmp_path):
+    """GIVEN python3 counting on host 0
+    WHEN it is migrated to an address where no host answers, and to host 1
+    with a remote umig that does not exist
+    THEN each fails (exit 72) saying what failed, and the source goes on
+    counting on host 0, never frozen for long, with nothing started on
+    host 1."""
+    out = tmp_path / "count"
+    pid = _start_counter(hosts, 0, out)
+    try:
+        r = _migrate(hosts, 0, pid, "root@10.231.7.77", "-o", "ConnectTimeout=2")
+        assert r.returncode == 72, r.stderr
+        assert "10.231.7.77" in r.stderr and "nothing was frozen" in r.stderr, r.stderr
+        r = run(hosts.ssh(0, shlex.join(umig_cmd(
+            "migrate", "--detach", str(pid), f"root@{hosts.hosts[1].addr}", "--ssh",
+            shlex.join(hosts.ssh_client()), "--remote-umig", "/nonexistent/umig"))))
+        assert r.returncode == 72, r.stderr
+        assert "/nonexistent/umig" in r.stderr, r.stderr
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 0")
+        assert run(hosts.ssh(0, f"cat /proc/{pid}/comm")).stdout.strip() == "python3"
+        assert run(hosts.ssh(1, f"test -e /proc/{pid} && echo yes || echo no")
+                   ).stdout.strip() == "no"
+    finally:
+        run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def test_migrate_to_a_host_missing_a_file_thaws_the_source(hosts, tmp_path):
+    """GIVEN python3 counting into a file on host 0, and host 1 where that
+    file's directory is hidden (an empty tmpfs mounted over it in host 1's
+    own mount namespace)
+    WHEN it is migrated to host 1
+    THEN the target refuses naming the file, migrate fails (exit 72) saying
+    the process was thawed, and it goes on counting on host 0."""
+    out = tmp_path / "count"
+    pid = _start_counter(hosts, 0, out)
+    hide = run(hosts.ssh(1, f"mount -t tmpfs none {shlex.quote(str(tmp_path))}"))
+    assert hide.returncode == 0, hide.stderr
+    try:
+        r = _migrate(hosts, 0, pid, f"root@{hosts.hosts[1].addr}")
+        assert r.returncode == 72, r.stderr
+        assert str(out) in r.stderr and "does not exist" in r.stderr, r.stderr
+        assert "thawed and goes on here" in r.stderr, r.stderr
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 0")
+        assert run(hosts.ssh(1, f"test -e /proc/{pid} && echo yes || echo no")
+                   ).stdout.strip() == "no"
+    finally:
+        run(hosts.ssh(1, f"umount {shlex.quote(str(tmp_path))}"))
+        run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))

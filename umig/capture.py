@@ -67,6 +67,7 @@ class GrabStats:
     tcp: int = 0                   # established TCP connections taken
     tcp_locks: list = field(default_factory=list)    # their nft lock tables
     warnings: list = field(default_factory=list)
+    held: object = None            # finish="hold": the Held process
 
 
 @dataclass
@@ -1214,10 +1215,13 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             _close_proc(tg)
 
     # the image is complete (and synced): now, and only now, finish the source
+    if taken:
+        stats.tcp = len(taken.socks)
+        stats.tcp_locks = sorted(taken.tables.values())
+    if finish == "hold":
+        stats.held = Held(fr, taken, tracker, stats, t0)
+        return stats
     with critical():
-        if taken:
-            stats.tcp = len(taken.socks)
-            stats.tcp_locks = sorted(taken.tables.values())
         if finish == "kill":
             fr.kill()
             if taken:
@@ -1236,6 +1240,41 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     stats.frozen_s = (fr.killed_at or time.perf_counter()) - fr.frozen_at
     stats.wall_s = time.perf_counter() - t0
     return stats
+
+
+class Held:
+    """A process grab left frozen after writing its image (finish="hold"),
+    for `umig migrate` to kill once the target runs it, thaw if the target
+    failed, or leave stopped when it cannot know."""
+
+    def __init__(self, fr: Freezer, taken, tracker, stats: GrabStats, t0: float):
+        self.fr, self.taken, self.tracker, self.stats, self.t0 = fr, taken, tracker, stats, t0
+
+    def kill(self) -> None:
+        with critical():
+            self.fr.kill()
+            if self.taken:
+                self.taken.finish()
+        self._done("kill")
+
+    def thaw(self) -> list[str]:
+        with critical():
+            problems = self.taken.release() if self.taken else []
+            self.fr.thaw()
+        self._done("running")
+        return problems
+
+    def stop(self) -> None:
+        with critical():
+            self.fr.leave_stopped()      # the lock (if any) stays: it is not ours to settle
+        self._done("stopped")
+
+    def _done(self, how: str) -> None:
+        if self.tracker:
+            self.tracker.close()
+        self.stats.finish = how
+        self.stats.frozen_s = (self.fr.killed_at or time.perf_counter()) - self.fr.frozen_at
+        self.stats.wall_s = time.perf_counter() - self.t0
 
 
 def _died(pid: int, tids: list[int], settle: float = 0.5) -> str:

@@ -121,15 +121,24 @@ def cmd_resume(args) -> int:
     flag = _Flag()
     flag.forward = not args.detach
     flag.install()
+    if args.report:
+        _mark("ready")                   # for `umig migrate`: it may freeze its source now
     fd = _open_image(args.image)
+
+    def on_running(pid: int) -> None:
+        if args.report:                  # for `umig migrate`: it lets go of its source
+            _mark("starting")
+        flag.on_running(pid)
     try:
         r = resume(fd, ResumeOptions(pid_mode=args.pid, pidns=args.pidns,
                                      image_on_stdin=fd == 0,
                                      warn=_warn, interrupted=flag,
-                                     on_running=flag.on_running))
+                                     on_running=on_running))
     finally:
         if fd != 0:
             os.close(fd)
+    if args.report:
+        _mark(f"running {r.pid}")
     if r.ns_init:
         _warn(f"resumed in a new PID namespace, where it has its pid; pid {r.pid} outside")
     elif not r.same_pid:
@@ -138,6 +147,30 @@ def cmd_resume(args) -> int:
         print(r.pid, flush=True)
         return 0
     return _foreground(r.pid, flag.tty, r.terminal_modes)
+
+
+def _mark(what: str) -> None:
+    from .migrate import MARK
+    os.write(2, f"{MARK}{what}\n".encode())
+
+
+def cmd_migrate(args) -> int:
+    from . import migrate
+    ssh_argv, host = migrate.ssh_command(args.dest, args.ssh, args.port, args.identity,
+                                         args.option or [])
+    flag = _Flag()
+    flag.install()
+    stats, rpid = migrate.migrate(args.pid, args.dest, ssh_argv, host, args.remote_umig,
+                                  args.detach, _warn, interrupted=flag)
+    if args.verbose or os.isatty(2) or args.detach:
+        ratio = ""
+        print(f"umig: moved process {args.pid} to {host} (pid {rpid} there): "
+              f"{stats.image_bytes / 2**20:.1f} MiB sent, frozen {stats.frozen_s * 1000:.0f} ms, "
+              f"{stats.wall_s:.2f} s in all{ratio}", file=sys.stderr)
+    if args.detach:
+        print(rpid, flush=True)
+        return 0
+    return getattr(stats, "remote_status", 0) or 0
 
 
 def _foreground(pid: int, tty: int | None, own_modes: bytes | None) -> int:
@@ -278,6 +311,27 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--detach", action="store_true",
                    help="print the pid and return at once instead of waiting")
     r.set_defaults(func=cmd_resume)
+
+    r.add_argument("--report", action="store_true",
+                   help="say on stderr, in marker lines, when the process is let go and "
+                        "when it runs (for umig migrate)")
+
+    m = sub.add_parser("migrate", help="move a process to another host over ssh, as one "
+                                       "transaction: killed here only once it runs there")
+    m.add_argument("pid", type=int)
+    m.add_argument("dest", metavar="[user@]host[:port]")
+    m.add_argument("--ssh", metavar="CMD", help="the ssh command to use (default: ssh)")
+    m.add_argument("-p", "--port", type=int, help="ssh port")
+    m.add_argument("-i", "--identity", metavar="FILE", help="ssh identity file")
+    m.add_argument("-o", "--option", action="append", metavar="OPTION",
+                   help="ssh -o option (repeatable)")
+    m.add_argument("--remote-umig", default="umig", metavar="CMD",
+                   help="how to run umig on the target (default: umig)")
+    m.add_argument("--detach", action="store_true",
+                   help="do not carry the process's output back: print its pid there and "
+                        "return once it runs")
+    m.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
+    m.set_defaults(func=cmd_migrate)
 
     i = sub.add_parser("info", help="show what is in an image")
     i.add_argument("image", help="image file, or - for stdin")

@@ -31,6 +31,7 @@ class Exit(enum.IntEnum):
     RESTORE_FAILED = 73    # the restorer failed: nothing was started
     TERMINAL = 74          # refusing to write an image to a terminal
     INTERNAL = 75          # a bug in umig: run with --debug and report it
+    UNCERTAIN = 76         # migrate: the target may run it; the source was left stopped
 
 
 class UmigError(Exception):

@@ -196,11 +196,13 @@ def check_here(images, shipped: list[dict]) -> list[dict]:
     by_path = {f["path"]: f for f in shipped if not f["path"].endswith(DELETED)}
     problems: list[str] = []
     create: dict[str, dict] = {}
+    named: set[str] = set()
     for path, kind, rec, what in _uses(images):
         copy = by_path.get(path)
         if copy is None:
             p = _problem(path, kind, rec, what)
-            if p and p not in problems:
+            if p and path not in named:          # each file once, by its first use
+                named.add(path)
                 problems.append(p)
             continue
         try:
