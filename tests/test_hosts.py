@@ -168,3 +168,32 @@ def test_migrate_to_a_host_missing_a_file_thaws_the_source(hosts, tmp_path):
     finally:
         run(hosts.ssh(1, f"umount {shlex.quote(str(tmp_path))}"))
         run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def test_migrate_whose_answer_is_lost_leaves_the_source_stopped(hosts, tmp_path):
+    """GIVEN python3 counting on host 0, and an ssh that drops the
+    connection right when host 1's umig says it lets the process go
+    WHEN it is migrated to host 1
+    THEN migrate cannot know whether it runs there: it exits 76 saying the
+    source is left stopped and how to settle it; the source is stopped
+    (not killed) on host 0 and the process runs on host 1 - never two
+    running copies, never none."""
+    out = tmp_path / "count"
+    pid = _start_counter(hosts, 0, out)
+    drop = Path(__file__).parent / "victims" / "ssh_drop_ack.py"
+    ssh = shlex.join(["python3", str(drop)] + hosts.ssh_client())
+    try:
+        r = run(hosts.ssh(0, shlex.join(umig_cmd(
+            "migrate", "--detach", str(pid), f"root@{hosts.hosts[1].addr}", "--ssh", ssh,
+            "--remote-umig", shlex.join(umig_cmd())))))
+        assert r.returncode == 76, r.stderr
+        assert "left stopped" in r.stderr and f"kill -CONT {pid}" in r.stderr, r.stderr
+        state = run(hosts.ssh(0, f"cut -d' ' -f3 /proc/{pid}/stat")).stdout.strip()
+        assert state == "T", f"the source on host 0 is {state!r}, not stopped"
+        wait_for(lambda: run(hosts.ssh(1, f"cat /proc/{pid}/comm")).stdout.strip() == "python3"
+                 or None, 10, "the process on host 1")
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 1")
+    finally:
+        for h in range(3):
+            run(hosts.ssh(h, f"kill -9 {pid} 2>/dev/null; true"))

@@ -126,14 +126,21 @@ def cmd_resume(args) -> int:
     fd = _open_image(args.image)
 
     def on_running(pid: int) -> None:
-        if args.report:                  # for `umig migrate`: it lets go of its source
+        if args.report:
+            # for `umig migrate`, two phases: it says "go" only once it heard
+            # we are ready; without it nothing starts here (it may have
+            # thawed its source)
+            _mark("prepared")
+            if _read_go(fd) != b"go":
+                raise Interrupted("umig migrate did not say go (its connection broke?): "
+                                  "nothing was started")
             _mark("starting")
         flag.on_running(pid)
     try:
         r = resume(fd, ResumeOptions(pid_mode=args.pid, pidns=args.pidns,
                                      image_on_stdin=fd == 0,
                                      warn=_warn, interrupted=flag,
-                                     on_running=on_running))
+                                     on_running=on_running, followed=args.report))
     finally:
         if fd != 0:
             os.close(fd)
@@ -151,7 +158,28 @@ def cmd_resume(args) -> int:
 
 def _mark(what: str) -> None:
     from .migrate import MARK
-    os.write(2, f"{MARK}{what}\n".encode())
+    try:
+        os.write(2, f"{MARK}{what}\n".encode())
+    except OSError:
+        pass      # migrate went away: it settles by what it last heard
+
+
+GO_WAIT_S = 120
+
+
+def _read_go(fd: int) -> bytes:
+    """The line `umig migrate` sends after the image ("go"), or b"" if the
+    stream ends or says nothing in GO_WAIT_S."""
+    import select
+    line = b""
+    while not line.endswith(b"\n"):
+        if not select.select([fd], [], [], GO_WAIT_S)[0]:
+            return b""
+        chunk = os.read(fd, 1)
+        if not chunk:
+            return b""
+        line += chunk
+    return line.strip()
 
 
 def cmd_migrate(args) -> int:

@@ -1,15 +1,17 @@
 """`umig migrate PID [user@]host[:port]`: grab into `ssh host umig resume
 --report -` as one transaction.
 
-The source stays frozen while its image streams to the target.  The
-target's umig says on its stderr, in marker lines, when it lets the
-process go ("starting") and when it runs ("running PID").  Only on
-"running" is the source killed.  If the target fails before "starting"
-(ssh cannot connect, the image is refused, the stream breaks), the source
-is thawed and carries on.  If "starting" came but "running" did not (the
-connection dropped just then), nobody can know whether it runs there: the
-source is left stopped, never killed, and umig says how to settle it.
-Never two running copies, never none.
+Nothing is frozen before the target's umig says it is there ("ready", a
+marker line on its stderr).  The source stays frozen while its image
+streams to the target, which rebuilds the process and says "prepared";
+only then does migrate send "go" after the image, and only "go" lets the
+target run it ("starting", then "running PID").  Only on "running" is the
+source killed.  If the target fails before migrate said "go" (ssh cannot
+connect, the image is refused, the stream breaks), nothing runs there:
+the source is thawed and carries on.  If "go" was said but "running" never
+came (the connection dropped just then), nobody can know whether it runs
+there: the source is left stopped, never killed, and umig says how to
+settle it.  Never two running copies, never none.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class _Target:
     """What the target's stderr said: markers taken out, the rest passed on."""
     proc: subprocess.Popen
     ready: threading.Event = field(default_factory=threading.Event)
+    prepared: threading.Event = field(default_factory=threading.Event)
     starting: threading.Event = field(default_factory=threading.Event)
     running: int = 0
     last: str = ""
@@ -71,6 +74,8 @@ class _Target:
                     what = line[len(MARK):].split()
                     if what[:1] == ["ready"]:
                         self.ready.set()
+                    elif what[:1] == ["prepared"]:
+                        self.prepared.set()
                     elif what[:1] == ["starting"]:
                         self.starting.set()
                     elif what[:1] == ["running"] and len(what) > 1:
@@ -83,7 +88,8 @@ class _Target:
                     sys.stderr.flush()
         finally:
             self.done.set()
-            self.ready.set()             # (wakes a waiter; done says it ended)
+            self.ready.set()             # (wakes the waiters; done says it ended)
+            self.prepared.set()
 
 
 def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: str,
@@ -128,7 +134,20 @@ def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: st
                 f"said: {why})"
         raise
     held = stats.held
-    proc.stdin.close()
+    # phase two: the target has the whole process, stopped; "go" lets it run
+    target.prepared.wait()
+    said_go = False
+    if not target.done.is_set():
+        try:
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            said_go = True
+        except OSError:
+            pass                     # it cannot have heard it: nothing runs there
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
     reader.join()                    # the target's stderr ends with its umig (or ssh)
     if target.running:
         held.kill()
@@ -139,11 +158,11 @@ def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: st
             proc.wait()
         return stats, target.running
     proc.wait()
-    if target.starting.is_set():
+    if said_go:                      # it may have heard "go" and let the process run
         held.stop()
         raise UmigError(
-            f"the connection to {host} broke after its umig let process {pid} go, before it "
-            f"said it runs: it may run there; here it is left stopped (SIGSTOP), not killed",
+            f"the connection to {host} broke after umig told it to start process {pid}, before "
+            f"it said it runs: it may run there; here it is left stopped (SIGSTOP), not killed",
             pid=pid, exit_code=Exit.UNCERTAIN,
             hint=f"look on {host} (ps -p {pid}); if it runs there, kill -9 {pid} here, "
                  f"else kill -CONT {pid} here")

@@ -197,9 +197,11 @@ class ImageReader:
     """Iterates the records of an image, verifying as it goes.  Iteration
     ends after a verified trailer; anything else raises BadImage."""
 
-    def __init__(self, fd: int, what: str = "image", version: int = schema.FORMAT_VERSION):
+    def __init__(self, fd: int, what: str = "image", version: int = schema.FORMAT_VERSION,
+                 followed: bool = False):
         self.fd = fd
         self.what = what
+        self.followed = followed     # the stream goes on after the trailer (umig migrate)
         self.offset = 0
         self.trailer: dict | None = None
         self.version = 0
@@ -297,6 +299,8 @@ class ImageReader:
             raise BadImage(f"trailer at byte {frame.offset}: the stream digest does not "
                            f"match; records were reordered or replaced", offset=frame.offset)
         self.trailer = t
+        if self.followed:
+            return
         extra = self._read(1)
         if len(extra):
             raise BadImage(f"data after the trailer at byte {self.offset - 1}",

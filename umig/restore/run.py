@@ -62,6 +62,7 @@ class ResumeOptions:
     warn: Callable[[str], None] = lambda msg: None
     interrupted: Callable[[], bool] = lambda: False
     on_running: Callable[[int], None] = lambda pid: None
+    followed: bool = False             # the image stream goes on after its trailer
 
 
 @dataclass
@@ -663,7 +664,7 @@ def resume(image_fd: int, opts: ResumeOptions) -> Resumed:
     """Rebuild the process (or tree) from the image; returns once it runs."""
     timings = {"start": time.perf_counter()}
     _kept.clear()
-    loaded = Loaded(ImageReader(image_fd))
+    loaded = Loaded(ImageReader(image_fd, followed=opts.followed))
     checks.check_machine(loaded.header)
     procs = [_Proc(img) for img in loaded.images]
     by_pid = {pr.pid: pr for pr in procs}
