@@ -252,21 +252,9 @@ def test_pty_pair_inside_the_tree_keeps_terminal_and_job_control(procs, tmp_path
     THEN sh answers through the new pty with the same window size, and
     Ctrl-C written to the master kills sh with SIGINT (the pty is its
     controlling terminal again, its group in the foreground): PASS."""
-    out = tmp_path / "out"
-    src = procs.start([sys.executable, str(Path(__file__).parent / "victims" / "ptypair.py")],
-                      stdout=out.open("w"))
-    child = int(wait_lines(out, 1)[0].split()[1])
-    r = run_umig("grab", "--tree", "-o", str(tmp_path / "img"), str(src.pid))
-    assert r.returncode == 0, r.stderr.decode()
-    src.wait(timeout=5)
-    wait_for(lambda: reap_orphans() or not os.path.exists(f"/proc/{child}") or None, 10,
-             "sh to be gone")
-    r = run_umig("resume", "--detach", str(tmp_path / "img"))
-    assert r.returncode == 0, r.stderr.decode()
-    pid = procs.adopt_tree(int(r.stdout.split()[-1]))
-    os.kill(pid, signal.SIGUSR1)
-    assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
-                                 None), 20, "PASS or FAIL") == "PASS", read_lines(out)
+    script = Path(__file__).parent / "victims" / "ptypair.py"
+    assert _tree_moved(procs, tmp_path, [sys.executable, str(script)]) == "PASS", \
+        read_lines(tmp_path / "out")
 
 
 def test_unix_connections_through_named_listeners_inside_the_tree(procs, tmp_path):
@@ -277,21 +265,9 @@ def test_unix_connections_through_named_listeners_inside_the_tree(procs, tmp_pat
     THEN the parent reads them, both accepted ends have the listeners'
     names, the child answers on its connection (seeing the path as its
     peer's name) and the listener still accepts: PASS."""
-    out = tmp_path / "out"
-    src = procs.start([sys.executable, str(Path(__file__).parent / "victims" / "unixconn.py"),
-                       str(tmp_path)], stdout=out.open("w"))
-    child = int(wait_lines(out, 1)[0].split()[1])
-    r = run_umig("grab", "--tree", "-o", str(tmp_path / "img"), str(src.pid))
-    assert r.returncode == 0, r.stderr.decode()
-    src.wait(timeout=5)
-    wait_for(lambda: reap_orphans() or not os.path.exists(f"/proc/{child}") or None, 10,
-             "the child to be gone")
-    r = run_umig("resume", "--detach", str(tmp_path / "img"))
-    assert r.returncode == 0, r.stderr.decode()
-    pid = procs.adopt_tree(int(r.stdout.split()[-1]))
-    os.kill(pid, signal.SIGUSR1)
-    assert wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
-                                 None), 20, "PASS or FAIL") == "PASS", read_lines(out)
+    script = Path(__file__).parent / "victims" / "unixconn.py"
+    assert _tree_moved(procs, tmp_path, [sys.executable, str(script), str(tmp_path)]) == \
+        "PASS", read_lines(tmp_path / "out")
 
 
 def test_posix_shared_memory_stays_shared_between_members(procs, tmp_path):
@@ -302,23 +278,29 @@ def test_posix_shared_memory_stays_shared_between_members(procs, tmp_path):
     THEN a request written by the parent is answered by the child through
     the same memory: PASS."""
     name = f"umig-test-{os.getpid()}-{time.monotonic_ns()}"
-    out = tmp_path / "out"
+    script = Path(__file__).parent / "victims" / "shmtree.py"
     try:
-        src = procs.start([sys.executable, str(Path(__file__).parent / "victims" /
-                                               "shmtree.py"), name], stdout=out.open("w"))
-        child = int(wait_lines(out, 1)[0].split()[1])
-        r = run_umig("grab", "--tree", "-o", str(tmp_path / "img"), str(src.pid))
-        assert r.returncode == 0, r.stderr.decode()
-        src.wait(timeout=5)
-        wait_for(lambda: reap_orphans() or not os.path.exists(f"/proc/{child}") or None, 10,
-                 "the child to be gone")
-        r = run_umig("resume", "--detach", str(tmp_path / "img"))
-        assert r.returncode == 0, r.stderr.decode()
-        pid = procs.adopt_tree(int(r.stdout.split()[-1]))
-        os.kill(pid, signal.SIGUSR1)
-        assert wait_for(lambda: next((x for x in read_lines(out)
-                                      if x.startswith(("PASS", "FAIL"))), None),
-                        20, "PASS or FAIL") == "PASS", read_lines(out)
+        assert _tree_moved(procs, tmp_path, [sys.executable, str(script), name]) == "PASS", \
+            read_lines(tmp_path / "out")
     finally:
         if os.path.exists(f"/dev/shm/{name}"):
             os.unlink(f"/dev/shm/{name}")
+
+
+def _tree_moved(procs, tmp_path, argv: list[str]) -> str:
+    """Start argv (it prints "ready CHILD"), grab it with --tree (killed),
+    wait until its child is gone, resume it, send the root SIGUSR1; returns
+    its PASS or FAIL line."""
+    out = tmp_path / "out"
+    src = procs.start(argv, stdout=out.open("w"))
+    child = int(wait_lines(out, 1)[0].split()[1])
+    r = run_umig("grab", "--tree", "-o", str(tmp_path / "img"), str(src.pid))
+    assert r.returncode == 0, r.stderr.decode()
+    src.wait(timeout=5)
+    wait_for(lambda: reap_orphans() or not os.path.exists(f"/proc/{child}") or None, 10,
+             "the child to be gone")
+    r = run_umig("resume", "--detach", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr.decode()
+    os.kill(procs.adopt_tree(int(r.stdout.split()[-1])), signal.SIGUSR1)
+    return wait_for(lambda: next((x for x in read_lines(out) if x.startswith(("PASS", "FAIL"))),
+                                 None), 20, "PASS or FAIL")

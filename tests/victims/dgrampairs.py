@@ -2,9 +2,9 @@
 (an empty one too, for datagrams), message bounds and order to keep.
 Prints "ready"; on SIGUSR1 reads them all and checks, then checks both
 pairs still carry messages: PASS or FAIL why."""
-import signal
 import socket
-import time
+
+import usr1
 
 pairs = {t: socket.socketpair(socket.AF_UNIX, t)
          for t in (socket.SOCK_DGRAM, socket.SOCK_SEQPACKET)}
@@ -17,18 +17,9 @@ for t, (a, b) in pairs.items():
     for m in back:
         b.send(m)
     sent[t] = (there, back)
-go = False
-
-
-def on_usr1(*_):
-    global go
-    go = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
+wait = usr1.arm()
 print("ready", flush=True)
-while not go:
-    time.sleep(0.01)
+wait()
 bad = []
 for t, (a, b) in pairs.items():
     there, back = sent[t]

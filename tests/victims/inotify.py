@@ -6,10 +6,11 @@ with the same watch numbers and name: PASS or FAIL why."""
 import ctypes
 import os
 import select
-import signal
 import struct
 import sys
 import time
+
+import usr1
 
 libc = ctypes.CDLL(None, use_errno=True)
 IN_MODIFY, IN_CREATE = 0x2, 0x100
@@ -24,18 +25,9 @@ os.unlink(scratch)
 wd_file = libc.inotify_add_watch(fd, target.encode(), IN_MODIFY)
 while select.select([fd], [], [], 0)[0]:      # the events of the scratch file
     os.read(fd, 4096)
-go = False
-
-
-def on_usr1(*_):
-    global go
-    go = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
+wait = usr1.arm()
 print("ready", wd_dir, wd_file, flush=True)
-while not go:
-    time.sleep(0.01)
+wait()
 print("go", flush=True)
 seen = set()
 deadline = time.monotonic() + 10

@@ -4,26 +4,17 @@ on SIGUSR1 checks the offsets are kept and that the /proc/PID files are
 its own (the Pid: line and stat's first field are its pid now), then
 prints PASS or FAIL why."""
 import os
-import signal
-import time
+
+import usr1
 
 status = os.open("/proc/self/status", os.O_RDONLY)
 os.read(status, 10)
 stat = os.open(f"/proc/{os.getpid()}/stat", os.O_RDONLY)
 meminfo = os.open("/proc/meminfo", os.O_RDONLY)
 sysfile = os.open("/sys/kernel/mm/transparent_hugepage/enabled", os.O_RDONLY)
-go = False
-
-
-def on_usr1(*_):
-    global go
-    go = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
+wait = usr1.arm()
 print("ready", flush=True)
-while not go:
-    time.sleep(0.01)
+wait()
 bad = []
 if os.lseek(status, 0, os.SEEK_CUR) != 10:
     bad.append(f"status offset {os.lseek(status, 0, os.SEEK_CUR)}")

@@ -13,6 +13,8 @@ import sys
 import termios
 import time
 
+import usr1
+
 master, slave = os.openpty()
 fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
 child = os.fork()
@@ -44,18 +46,9 @@ os.write(master, b"hi\n")
 if not expect(b"got:hi", b"30 90"):
     print("FAIL no answer before", flush=True)
     sys.exit(1)
-go = False
-
-
-def on_usr1(*_):
-    global go
-    go = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
+wait = usr1.arm()
 print("ready", child, flush=True)
-while not go:
-    time.sleep(0.01)
+wait()
 os.write(master, b"ping\n")
 if not expect(b"got:ping", b"30 90"):
     print(f"FAIL no answer after the resume: {seen!r}", flush=True)

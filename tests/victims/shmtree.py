@@ -3,10 +3,11 @@ child answers requests in the shared page (byte 0: 1 = request, 2 =
 answered; byte 1: the answer, one more than byte 2).  Prints "ready CHILD"
 after one round; on SIGUSR1 makes another round: PASS or FAIL why."""
 import os
-import signal
 import sys
 import time
 from multiprocessing import shared_memory
+
+import usr1
 
 shm = shared_memory.SharedMemory(name=sys.argv[1], create=True, size=4096)
 buf = shm.buf
@@ -31,16 +32,7 @@ def ask(n: int) -> bool:
 if not ask(10):
     print("FAIL before", flush=True)
     sys.exit(1)
-go = False
-
-
-def on_usr1(*_):
-    global go
-    go = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
+wait = usr1.arm()
 print("ready", child, flush=True)
-while not go:
-    time.sleep(0.01)
+wait()
 print("PASS" if ask(41) else f"FAIL after: {bytes(buf[:3])!r}", flush=True)

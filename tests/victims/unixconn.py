@@ -6,10 +6,11 @@ accepts both and prints "ready CHILD"; on SIGUSR1 it checks the queued
 bytes and messages, the names of both ends, an echo, and that the
 listener still accepts: PASS or FAIL why."""
 import os
-import signal
 import socket
 import sys
 import time
+
+import usr1
 
 path = os.path.join(sys.argv[1], "sock")
 abstract = f"\0umig-test-{os.getpid()}"
@@ -38,18 +39,9 @@ if child == 0:
 conn, _ = lst.accept()
 conn2, _ = lst2.accept()
 time.sleep(0.2)          # the child has queued its bytes
-go = False
-
-
-def on_usr1(*_):
-    global go
-    go = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
+wait = usr1.arm()
 print("ready", child, flush=True)
-while not go:
-    time.sleep(0.01)
+wait()
 bad = []
 conn.settimeout(10)
 conn2.settimeout(10)
