@@ -66,21 +66,13 @@ class Record:
         steps = self._item_structs.get("__steps__")
         if steps is not None:
             return steps
-        steps, run = [], []
-
-        def close_run():
-            if run:
-                names, st = tuple(n for n, _ in run), struct.Struct(
-                    "<" + "".join(c for _, c in run))
+        steps = []
+        for f, names, st in self._runs():
+            if f is None:
                 steps.append(lambda out, v, names=names, st=st:
                              out.extend(st.pack(*[v[n] for n in names])))
-                run.clear()
-        for f in self.fields:
-            t = f.type
-            if t in _FIXED:
-                run.append((f.name, _FIXED[t]))
                 continue
-            close_run()
+            t = f.type
             if t == "str":
                 steps.append(lambda out, v, n=f.name: _put_bytes(
                     out, v[n].encode("utf-8", "surrogateescape")))
@@ -88,9 +80,23 @@ class Record:
                 steps.append(lambda out, v, n=f.name: _put_bytes(out, v[n]))
             else:
                 steps.append(lambda out, v, f=f: self._encode_field(out, f, v[f.name]))
-        close_run()
         self._item_structs["__steps__"] = steps
         return steps
+
+    def _runs(self):
+        """The fields as the compiled coders take them: (None, names, Struct)
+        for each run of fixed-width fields, (field, None, None) for the rest."""
+        run: list[tuple[str, str]] = []
+        for f in self.fields:
+            if f.type in _FIXED:
+                run.append((f.name, _FIXED[f.type]))
+                continue
+            if run:
+                yield None, tuple(n for n, _ in run), struct.Struct("<" + "".join(c for _, c in run))
+                run = []
+            yield f, None, None
+        if run:
+            yield None, tuple(n for n, _ in run), struct.Struct("<" + "".join(c for _, c in run))
 
     def _encode_field(self, out: bytearray, f: F, v) -> None:
         t = f.type
@@ -137,24 +143,15 @@ class Record:
         cache = self._item_structs
         if "__dec__" in cache:
             return cache["__dec__"]
-        steps, run = [], []
-
-        def close_run():
-            if run:
-                names, st = tuple(n for n, _ in run), struct.Struct(
-                    "<" + "".join(c for _, c in run))
-
+        steps = []
+        for f, names, st in self._runs():
+            if f is None:
                 def step(b, pos, out, names=names, st=st):
                     out.update(zip(names, st.unpack_from(b, pos)))
                     return pos + st.size
                 steps.append(step)
-                run.clear()
-        for f in self.fields:
-            t = f.type
-            if t in _FIXED:
-                run.append((f.name, _FIXED[t]))
                 continue
-            close_run()
+            t = f.type
             if t == "array":
                 def step(b, pos, out, f=f, st=self._item_struct(f)):
                     (count,) = _U32.unpack_from(b, pos)
@@ -180,7 +177,6 @@ class Record:
                 out[n] = raw.decode("utf-8", "surrogateescape") if text else raw
                 return end
             steps.append(step)
-        close_run()
         cache["__dec__"] = steps
         return steps
 
