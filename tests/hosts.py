@@ -60,8 +60,8 @@ class Rig:
     def ssh_client(self) -> list[str]:
         """The ssh command with the rig's key and known_hosts (no host)."""
         w = Path(self.workdir)
-        return ["ssh", "-i", str(w / "client_key"), "-o", f"UserKnownHostsFile={w / 'known_hosts'}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+        return ["ssh", "-i", str(w / "client_key"),
+                "-o", f"UserKnownHostsFile={w / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                 "-o", "ConnectTimeout=5"]
 
     def in_rig(self, shell: str) -> list[str]:

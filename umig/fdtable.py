@@ -1576,7 +1576,8 @@ class MemFd(FdKind):
 
 KINDS: dict[str, type[FdKind]] = {k.name: k for k in (
     Stdio, MemFd, DeletedFile, ProcPidFile, RegularFile, Directory, SimpleDevice, Terminal,
-    PtyMaster, PtySlave, Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixConnection, UnixDgramClient, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
+    PtyMaster, PtySlave, Pipe, EventFd, TimerFd, SignalFd, Epoll, UnixPair, UnixConnection,
+    UnixDgramClient, UnixBound, InetSocket, TcpConnection, Fifo, Inotify)}
 # the kinds whose matches() can say yes, by file type (st_mode & S_IFMT;
 # anon inodes have none), in KINDS order: 10,000 fds are not each offered
 # to every kind

@@ -367,7 +367,8 @@ def _render(scan: Scan, version: int) -> None:
     table("File descriptors", ("fd", "kind", "flags", "pos", "path"),
           [(f["fd"], f["kind"], _fd_flags(f["flags"], f["cloexec"]), f["pos"], f["path"])
            for f in scan.state.get("FD", [])])
-    table("Files carried in the image (--ship-files, deleted files mapped)", ("path", "mode", "size", "in the image", "mtime"),
+    table("Files carried in the image (--ship-files, deleted files mapped)",
+          ("path", "mode", "size", "in the image", "mtime"),
           [(f["path"], f"{f['mode'] & 0o7777:04o}", _size(f["size"]), _size(len(f["data"])),
             _time(f["mtime_ns"])) for f in scan.state.get("FILE", [])])
 

@@ -39,6 +39,10 @@ class F:
 _U32 = struct.Struct("<I")
 
 
+def _packed(run: list[tuple[str, str]]) -> tuple[tuple[str, ...], struct.Struct]:
+    return tuple(n for n, _ in run), struct.Struct("<" + "".join(c for _, c in run))
+
+
 def _put_bytes(out: bytearray, b) -> None:
     out += _U32.pack(len(b))
     out += b
@@ -92,11 +96,11 @@ class Record:
                 run.append((f.name, _FIXED[f.type]))
                 continue
             if run:
-                yield None, tuple(n for n, _ in run), struct.Struct("<" + "".join(c for _, c in run))
+                yield None, *_packed(run)
                 run = []
             yield f, None, None
         if run:
-            yield None, tuple(n for n, _ in run), struct.Struct("<" + "".join(c for _, c in run))
+            yield None, *_packed(run)
 
     def _encode_field(self, out: bytearray, f: F, v) -> None:
         t = f.type
