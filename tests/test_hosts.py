@@ -197,3 +197,47 @@ def test_migrate_whose_answer_is_lost_leaves_the_source_stopped(hosts, tmp_path)
     finally:
         for h in range(3):
             run(hosts.ssh(h, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def _big_counter(hosts, victim, host: int, out: Path) -> int:
+    """The C counter with 300 MiB of random ballast (its image takes a
+    while to stream), started on host."""
+    start = (f"setsid {shlex.quote(str(victim('counter')))} 20000 300 > {shlex.quote(str(out))} "
+             f"2>&1 < /dev/null & echo $!")
+    r = run(hosts.ssh(host, start))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: out.exists() and len(_numbers(out)) > 3 or None, 30, "the count")
+    return int(r.stdout.split()[-1])
+
+
+def test_migrate_whose_target_dies_mid_stream_thaws_the_source(hosts, victim, tmp_path):
+    """GIVEN a counter with 300 MiB of random memory on host 0
+    WHEN it is being migrated to host 1 and host 1's umig resume is killed
+    while the image streams
+    THEN migrate fails (exit 72) saying the process was thawed, nothing runs
+    on host 1, and the counter goes on on host 0."""
+    out = tmp_path / "count"
+    pid = _big_counter(hosts, victim, 0, out)
+    ssh = shlex.join(hosts.ssh_client())
+    mig = subprocess.Popen(hosts.ssh(0, shlex.join(umig_cmd(
+        "migrate", "--detach", str(pid), f"root@{hosts.hosts[1].addr}", "--ssh", ssh,
+        "--remote-umig", shlex.join(umig_cmd())))), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        find = "pgrep -f 'umig resume --report'"
+        victim_pid = wait_for(lambda: run(hosts.ssh(1, find)).stdout.split() or None, 20,
+                              "umig resume on host 1")
+        time.sleep(0.2)
+        run(hosts.ssh(1, f"kill -9 {' '.join(victim_pid)}"))
+        _, err = mig.communicate(timeout=60)
+        assert mig.returncode in (68, 72), err
+        assert "thawed and goes on here" in err, err
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 5 or None, 10, "the count on host 0")
+        assert run(hosts.ssh(1, f"test -e /proc/{pid} && echo yes || echo no")
+                   ).stdout.strip() == "no"
+    finally:
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+        run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))

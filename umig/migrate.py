@@ -129,9 +129,9 @@ def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: st
             raise EnvironmentProblem(f"{host} refused process {pid}: "
                                      f"{target.last.removeprefix('umig: ')}; process {pid} was "
                                      f"thawed and goes on here", pid=pid) from None
-        why = target.last or f"ssh exited with {proc.returncode}"
-        e.msg = f"{e.msg}; process {pid} was thawed and goes on here (the target {host} " \
-                f"said: {why})"
+        why = (f"said: {target.last}" if target.last else
+               f"ended without a word (ssh exited with {proc.returncode})")
+        e.msg = f"{e.msg}; process {pid} was thawed and goes on here (the target {host} {why})"
         raise
     held = stats.held
     # phase two: the target has the whole process, stopped; "go" lets it run
