@@ -241,3 +241,37 @@ def test_migrate_whose_target_dies_mid_stream_thaws_the_source(hosts, victim, tm
             mig.kill()
             mig.wait()
         run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def test_migrate_over_a_link_that_goes_down_thaws_the_source(hosts, victim, tmp_path):
+    """GIVEN a counter with 300 MiB of random memory on host 0
+    WHEN host 1's link to the rig goes down (ip link set down) while the
+    image streams to it
+    THEN ssh gives up (keepalives), migrate fails saying the process was
+    thawed, and the counter goes on on host 0."""
+    out = tmp_path / "count"
+    pid = _big_counter(hosts, victim, 0, out)
+    ssh = shlex.join(hosts.ssh_client() + ["-o", "ServerAliveInterval=1",
+                                           "-o", "ServerAliveCountMax=2"])
+    mig = subprocess.Popen(hosts.ssh(0, shlex.join(umig_cmd(
+        "migrate", "--detach", str(pid), f"root@{hosts.hosts[1].addr}", "--ssh", ssh,
+        "--remote-umig", shlex.join(umig_cmd())))), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    import hosts as rigmod
+    try:
+        # frozen (a ptrace stop, 't'): the image is streaming
+        wait_for(lambda: run(hosts.ssh(0, f"cut -d' ' -f3 /proc/{pid}/stat")).stdout.strip()
+                 == "t" or None, 20, "the source to be frozen")
+        down = run(["ip", "-n", rigmod.RIG_NS, "link", "set", "v1", "down"])
+        assert down.returncode == 0, down.stderr
+        _, err = mig.communicate(timeout=60)
+        assert mig.returncode in (68, 72), err
+        assert "thawed and goes on here" in err, err
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 5 or None, 10, "the count on host 0")
+    finally:
+        run(["ip", "-n", rigmod.RIG_NS, "link", "set", "v1", "up"])
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+        run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))

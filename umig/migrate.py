@@ -46,6 +46,10 @@ def ssh_command(dest: str, ssh: str | None, port: int | None, identity: str | No
     chose = any("Ciphers" in o for o in options) or (ssh and ("-c" in argv or "Ciphers" in ssh))
     if not chose:
         argv += ["-o", f"Ciphers={FAST_CIPHERS}"]
+    if not any("ServerAlive" in o for o in options) and not (ssh and "ServerAlive" in ssh):
+        # a dead link must end the transaction (and thaw the source) in
+        # seconds, not after TCP gives up
+        argv += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
     if port:
         argv += ["-p", str(port)]
     if identity:
