@@ -145,13 +145,13 @@ def test_migrate_failures_leave_the_source_counting(hosts, tmp_path):
         run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))
 
 
-def test_migrate_to_a_host_missing_a_file_thaws_the_source(hosts, tmp_path):
+def test_migrate_to_a_host_missing_a_file_leaves_the_source_running(hosts, tmp_path):
     """GIVEN python3 counting into a file on host 0, and host 1 where that
     file's directory is hidden (an empty tmpfs mounted over it in host 1's
     own mount namespace)
     WHEN it is migrated to host 1
-    THEN the target refuses naming the file, migrate fails (exit 72) saying
-    the process was thawed, and it goes on counting on host 0."""
+    THEN the target's checks name the file before anything is frozen,
+    migrate fails (exit 72), and the process goes on counting on host 0."""
     out = tmp_path / "count"
     pid = _start_counter(hosts, 0, out)
     hide = run(hosts.ssh(1, f"mount -t tmpfs none {shlex.quote(str(tmp_path))}"))
@@ -160,7 +160,7 @@ def test_migrate_to_a_host_missing_a_file_thaws_the_source(hosts, tmp_path):
         r = _migrate(hosts, 0, pid, f"root@{hosts.hosts[1].addr}")
         assert r.returncode == 72, r.stderr
         assert str(out) in r.stderr and "does not exist" in r.stderr, r.stderr
-        assert "thawed and goes on here" in r.stderr, r.stderr
+        assert "nothing was frozen" in r.stderr, r.stderr
         before = len(_numbers(out))
         wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 0")
         assert run(hosts.ssh(1, f"test -e /proc/{pid} && echo yes || echo no")
@@ -274,4 +274,36 @@ def test_migrate_over_a_link_that_goes_down_thaws_the_source(hosts, victim, tmp_
         if mig.poll() is None:
             mig.kill()
             mig.wait()
+        run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def test_migrate_dry_run_tables_for_a_ready_and_an_unready_target(hosts, tmp_path):
+    """GIVEN python3 counting on host 0
+    WHEN `umig migrate --dry-run` asks host 1 as it is, then with the
+    counter's directory hidden there
+    THEN the first table passes every check (umig, cpu, files, pids) with
+    exit 0, the second fails "files" naming the missing file with exit 72;
+    nothing is ever frozen (the count never stops) and nothing moves."""
+    out = tmp_path / "count"
+    pid = _start_counter(hosts, 0, out)
+    ssh = shlex.join(hosts.ssh_client())
+    dry = shlex.join(umig_cmd("migrate", "--dry-run", str(pid), f"root@{hosts.hosts[1].addr}",
+                              "--ssh", ssh, "--remote-umig", shlex.join(umig_cmd())))
+    try:
+        r = run(hosts.ssh(0, dry))
+        assert r.returncode == 0, r.stdout + r.stderr
+        for check in ("umig", "cpu", "files", "pids"):
+            assert any(line.split("│")[1:3] and check in line.split("│")[1]
+                       and "pass" in line.split("│")[2] for line in r.stdout.splitlines()), \
+                r.stdout
+        assert run(hosts.ssh(1, f"mount -t tmpfs none {shlex.quote(str(tmp_path))}")
+                   ).returncode == 0
+        r = run(hosts.ssh(0, dry))
+        assert r.returncode == 72, r.stdout + r.stderr
+        assert "FAIL" in r.stdout and str(out) in r.stdout.replace("\n", ""), r.stdout
+        assert run(hosts.ssh(0, f"cut -d' ' -f3 /proc/{pid}/stat")).stdout.strip() in ("S", "R")
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 5 or None, 10, "the count on host 0")
+    finally:
+        run(hosts.ssh(1, f"umount {shlex.quote(str(tmp_path))}"))
         run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))

@@ -182,14 +182,43 @@ def _read_go(fd: int) -> bytes:
     return line.strip()
 
 
+def _checks_table(host: str, results: list[dict], as_json: bool) -> int:
+    """migrate --dry-run: what the target has, check by check."""
+    import json
+    ok = all(r["ok"] for r in results)
+    if as_json:
+        print(json.dumps({"host": host, "ok": ok, "checks": results}, indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+        t = Table(title=f"Can {host} take it?")
+        for col in ("check", "result", "what was found"):
+            t.add_column(col)
+        for r in results:
+            t.add_row(r["check"], "[green]pass[/green]" if r["ok"] else "[red]FAIL[/red]",
+                      r["detail"])
+        Console(width=None if os.isatty(1) else 160).print(t)
+    return 0 if ok else int(Exit.ENVIRONMENT)
+
+
+def cmd_probe(args) -> int:
+    from .probe import main_probe
+    print(main_probe(sys.stdin.buffer.read(), args.pidns), flush=True)
+    return 0
+
+
 def cmd_migrate(args) -> int:
     from . import migrate
     ssh_argv, host = migrate.ssh_command(args.dest, args.ssh, args.port, args.identity,
                                          args.option or [])
+    results = migrate.probe(args.pid, ssh_argv, host, args.remote_umig, args.pidns)
+    if args.dry_run:
+        return _checks_table(host, results, args.json)
+    migrate.refuse_unless_ready(args.pid, host, results)
     flag = _Flag()
     flag.install()
     stats, rpid = migrate.migrate(args.pid, args.dest, ssh_argv, host, args.remote_umig,
-                                  args.detach, _warn, interrupted=flag)
+                                  args.detach, _warn, interrupted=flag, pidns=args.pidns)
     if args.verbose or os.isatty(2) or args.detach:
         ratio = ""
         print(f"umig: moved process {args.pid} to {host} (pid {rpid} there): "
@@ -358,8 +387,19 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--detach", action="store_true",
                    help="do not carry the process's output back: print its pid there and "
                         "return once it runs")
+    m.add_argument("--pidns", action="store_true",
+                   help="resume it in a new PID namespace there (its pids need not be free)")
+    m.add_argument("--dry-run", action="store_true",
+                   help="only check the target (umig, CPU features, files, pids) and print "
+                        "what passes and fails; nothing is frozen")
+    m.add_argument("--json", action="store_true", help="with --dry-run: JSON, for scripts")
     m.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
     m.set_defaults(func=cmd_migrate)
+
+    pr = sub.add_parser("probe", help="(run by umig migrate on a target) check what a process "
+                                      "described as JSON on stdin needs here")
+    pr.add_argument("--pidns", action="store_true")
+    pr.set_defaults(func=cmd_probe)
 
     i = sub.add_parser("info", help="show what is in an image")
     i.add_argument("image", help="image file, or - for stdin")

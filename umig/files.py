@@ -183,6 +183,8 @@ def _problem(path: str, kind: str, rec: dict, what: str) -> str | None:
         return None
     if pseudo(path):
         return None            # /proc, /sys: there, and their sizes mean nothing
+    if rec["size"] < 0:
+        return None            # (umig migrate's probe: it is being written, it may grow)
     grown_by_appends = rec["flags"] & os.O_APPEND and st.st_size >= rec["size"]
     if st.st_size != rec["size"] and not grown_by_appends:
         return f"{path} ({what}) is {st.st_size} bytes, {rec['size']} when grabbed"
@@ -193,6 +195,22 @@ def check_here(images, shipped: list[dict]) -> list[dict]:
     """Refuse, naming every one, if a file the processes use (images:
     (pid, vmas, fds)) is missing or different here and no shipped copy
     stands in for it; returns the shipped files to create."""
+    problems, create = problems_here(images, shipped)
+    if problems:
+        more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+        shipped_clash = any("copy in the image" in p for p in problems)
+        raise EnvironmentProblem(
+            f"{len(problems)} file{'s' if len(problems) > 1 else ''} the process uses "
+            f"{'are' if len(problems) > 1 else 'is'} missing or different here: "
+            + "; ".join(problems[:SHOWN]) + more, path=problems[0].split(" (")[0],
+            hint="move them out of the way (umig does not overwrite files)" if shipped_clash
+            else "put the same files in place, or grab with --ship-files")
+    return create
+
+
+def problems_here(images, shipped: list[dict]) -> tuple[list[str], list[dict]]:
+    """What is missing or different here, one line per file, and the
+    shipped files that stand in for missing ones."""
     by_path = {f["path"]: f for f in shipped if not f["path"].endswith(DELETED)}
     problems: list[str] = []
     create: dict[str, dict] = {}
@@ -215,16 +233,7 @@ def check_here(images, shipped: list[dict]) -> list[dict]:
                  f"({st.st_size} bytes, {copy['size']} shipped, or another mtime)")
             if p not in problems:
                 problems.append(p)
-    if problems:
-        more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-        shipped_clash = any("copy in the image" in p for p in problems)
-        raise EnvironmentProblem(
-            f"{len(problems)} file{'s' if len(problems) > 1 else ''} the process uses "
-            f"{'are' if len(problems) > 1 else 'is'} missing or different here: "
-            + "; ".join(problems[:SHOWN]) + more, path=problems[0].split(" (")[0],
-            hint="move them out of the way (umig does not overwrite files)" if shipped_clash
-            else "put the same files in place, or grab with --ship-files")
-    return list(create.values())
+    return problems, list(create.values())
 
 
 def create(files: list[dict]) -> list[str]:

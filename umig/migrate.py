@@ -96,12 +96,51 @@ class _Target:
             self.prepared.set()
 
 
+def probe(pid: int, ssh_argv: list[str], host: str, remote_umig: str,
+          pidns: bool) -> list[dict]:
+    """The target's checks for process pid (umig/probe.py), asked over ssh
+    without stopping anything."""
+    import json
+    from . import probe as probemod
+    want = json.dumps(probemod.describe(pid)).encode()
+    remote = f"{remote_umig} probe{' --pidns' if pidns else ''}"
+    try:
+        r = subprocess.run(ssh_argv + [host, remote], input=want, capture_output=True,
+                           timeout=PROBE_WAIT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise EnvironmentProblem(f"cannot ask {host} about process {pid}: {e}", pid=pid,
+                                 hint="check that ssh reaches it") from None
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        why = (r.stderr.decode(errors="replace").strip().splitlines() or
+               [f"ssh exited with status {r.returncode}"])[-1]
+        raise EnvironmentProblem(f"cannot move process {pid} to {host}: {why}; nothing was "
+                                 f"frozen, it goes on here", pid=pid,
+                                 hint="check that ssh reaches it and umig is installed there "
+                                      "(--remote-umig)") from None
+
+
+PROBE_WAIT_S = 60
+
+
+def refuse_unless_ready(pid: int, host: str, results: list[dict]) -> None:
+    bad = [r for r in results if not r["ok"]]
+    if bad:
+        raise EnvironmentProblem(f"{host} cannot take process {pid}: "
+                                 + "; ".join(f"{r['check']}: {r['detail']}" for r in bad)
+                                 + "; nothing was frozen, it goes on here", pid=pid,
+                                 hint="see umig migrate --dry-run")
+
+
 def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: str,
-            detach: bool, warn, interrupted=lambda: False) -> tuple[capture.GrabStats, int]:
+            detach: bool, warn, interrupted=lambda: False,
+            pidns: bool = False) -> tuple[capture.GrabStats, int]:
     """Move process pid to host; returns the grab's stats and the pid it
     runs as there.  Raises with the source thawed (the target failed) or,
     when it cannot be known whether the target runs it, left stopped."""
-    remote = f"{remote_umig} resume --report{' --detach' if detach else ''} -"
+    remote = (f"{remote_umig} resume --report{' --detach' if detach else ''}"
+              f"{' --pidns' if pidns else ''} -")
     argv = ssh_argv + [host, remote]
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
