@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import time
@@ -96,8 +97,9 @@ def test_migrate_moves_it_and_kills_the_source_only_once_it_runs_there(hosts, tm
     """GIVEN python3 counting into a file on host 0
     WHEN `umig migrate --detach PID root@host1` runs on host 0
     THEN it prints the pid it has on host 1 (the same), the source is gone
-    from host 0, the count goes on from host 1 with no gap or repeat, and
-    the summary says how long it was frozen."""
+    from host 0, the count goes on from host 1, and the summary says how
+    long it was frozen; migrated back with --json, the summary is JSON, and
+    the count has no gap or repeat."""
     out = tmp_path / "count"
     pid = _start_counter(hosts, 0, out)
     try:
@@ -105,12 +107,20 @@ def test_migrate_moves_it_and_kills_the_source_only_once_it_runs_there(hosts, tm
         assert r.returncode == 0, r.stderr
         assert int(r.stdout.split()[-1]) == pid
         assert f"moved process {pid} to root@{hosts.hosts[1].addr}" in r.stderr
-        assert "frozen" in r.stderr
+        assert "frozen" in r.stderr and "MiB/s of memory" in r.stderr, r.stderr
         gone = run(hosts.ssh(0, f"test -e /proc/{pid} && echo alive || echo gone"))
         assert gone.stdout.strip() == "gone"
         before = len(_numbers(out))
         wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 1")
         assert run(hosts.ssh(1, f"cat /proc/{pid}/comm")).stdout.strip() == "python3"
+        r = _migrate(hosts, 1, pid, f"root@{hosts.hosts[0].addr}", "--json")    # and back
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout)
+        assert summary["pid_there"] == pid and summary["host"] == f"root@{hosts.hosts[0].addr}"
+        assert summary["sent_bytes"] > 0 and summary["memory_bytes"] > 0
+        assert 0 < summary["frozen_ms"] < 60000
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 0")
         nums = _numbers(out)
         assert nums == list(range(len(nums))), f"a gap or a repeat: ...{nums[-20:]}"
     finally:

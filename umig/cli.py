@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import signal
 import sys
@@ -219,11 +220,23 @@ def cmd_migrate(args) -> int:
     flag.install()
     stats, rpid = migrate.migrate(args.pid, args.dest, ssh_argv, host, args.remote_umig,
                                   args.detach, _warn, interrupted=flag, pidns=args.pidns)
-    if args.verbose or os.isatty(2) or args.detach:
-        ratio = ""
+    memory = stats.data_pages * 4096
+    summary = {"pid": args.pid, "host": host, "pid_there": rpid,
+               "frozen_ms": round(stats.frozen_s * 1000, 1), "sent_bytes": stats.image_bytes,
+               "memory_bytes": memory, "wall_s": round(stats.wall_s, 3),
+               "ratio": round(memory / stats.image_bytes, 2) if stats.image_bytes else None,
+               "memory_per_s": round(memory / stats.wall_s) if stats.wall_s else None}
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    elif args.verbose or os.isatty(2) or args.detach:
+        rate = f", {memory / stats.wall_s / 2**20:.0f} MiB/s of memory" if stats.wall_s else ""
+        ratio = f" ({summary['ratio']}x compressed)" if summary["ratio"] else ""
         print(f"umig: moved process {args.pid} to {host} (pid {rpid} there): "
-              f"{stats.image_bytes / 2**20:.1f} MiB sent, frozen {stats.frozen_s * 1000:.0f} ms, "
-              f"{stats.wall_s:.2f} s in all{ratio}", file=sys.stderr)
+              f"{stats.image_bytes / 2**20:.1f} MiB sent{ratio}, frozen "
+              f"{stats.frozen_s * 1000:.0f} ms, {stats.wall_s:.2f} s in all{rate}",
+              file=sys.stderr)
+    if args.json:
+        return 0 if args.detach else (getattr(stats, "remote_status", 0) or 0)
     if args.detach:
         print(rpid, flush=True)
         return 0
@@ -392,7 +405,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--dry-run", action="store_true",
                    help="only check the target (umig, CPU features, files, pids) and print "
                         "what passes and fails; nothing is frozen")
-    m.add_argument("--json", action="store_true", help="with --dry-run: JSON, for scripts")
+    m.add_argument("--json", action="store_true",
+                   help="the checks (--dry-run) or the summary as JSON, for scripts")
     m.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
     m.set_defaults(func=cmd_migrate)
 
