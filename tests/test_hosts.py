@@ -45,13 +45,8 @@ def test_process_moved_through_ssh_from_host_to_host_and_back(hosts, tmp_path):
     THEN after each hop it runs on the new host with the same pid, is gone
     from the old one, and the count goes on with no gap and no repeat."""
     out = tmp_path / "count"
-    start = (f"cd {shlex.quote(str(tmp_path))}; setsid python3 -c {shlex.quote(COUNTER)} "
-             f"> {shlex.quote(str(out))} 2>&1 < /dev/null & echo $!")
-    r = run(hosts.ssh(0, start))
-    assert r.returncode == 0, r.stderr
-    pid = int(r.stdout.split()[-1])
+    pid = _start_counter(hosts, 0, out)
     try:
-        wait_for(lambda: len(_numbers(out)) > 5 or None, 10, "the count on host 0")
         here = 0
         for there in (1, 2, 0):
             before = len(_numbers(out))
@@ -76,21 +71,33 @@ def test_process_moved_through_ssh_from_host_to_host_and_back(hosts, tmp_path):
             run(hosts.ssh(h, f"kill -9 {pid} 2>/dev/null; true"))
 
 
-def _start_counter(hosts, host: int, out: Path) -> int:
-    start = (f"cd {shlex.quote(str(out.parent))}; setsid python3 -c {shlex.quote(COUNTER)} "
-             f"> {shlex.quote(str(out))} 2>&1 < /dev/null & echo $!")
-    r = run(hosts.ssh(host, start))
+def _start(hosts, host: int, command: str, out: Path, lines: int = 6,
+           timeout: float = 10) -> int:
+    """command started on host in its own session, its output into out;
+    returns its pid there once out has `lines` lines."""
+    r = run(hosts.ssh(host, f"cd {shlex.quote(str(out.parent))}; setsid {command} "
+                            f"> {shlex.quote(str(out))} 2>&1 < /dev/null & echo $!"))
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: out.exists() and len(_numbers(out)) > 5 or None, 10, "the count")
+    wait_for(lambda: out.exists() and len(_numbers(out)) >= lines or None, timeout, "the count")
     return int(r.stdout.split()[-1])
 
 
+def _start_counter(hosts, host: int, out: Path) -> int:
+    return _start(hosts, host, f"python3 -c {shlex.quote(COUNTER)}", out)
+
+
+def _migrate_argv(hosts, here: int, pid: int, dest: str, *extra: str,
+                  ssh: list[str] | None = None, remote: list[str] | None = None) -> list[str]:
+    """argv running `umig migrate --detach` on host `here`, with the rig's
+    ssh (or ssh) and this umig there (or remote)."""
+    cmd = umig_cmd("migrate", "--detach", str(pid), dest,
+                   "--ssh", shlex.join(ssh or hosts.ssh_client()),
+                   "--remote-umig", shlex.join(remote or umig_cmd()), *extra)
+    return hosts.ssh(here, shlex.join(cmd))
+
+
 def _migrate(hosts, here: int, pid: int, dest: str, *extra: str) -> subprocess.CompletedProcess:
-    """`umig migrate` run on host `here`, with the rig's ssh."""
-    ssh = shlex.join(hosts.ssh_client())
-    cmd = umig_cmd("migrate", "-v", "--detach", str(pid), dest, "--ssh", ssh,
-                   "--remote-umig", shlex.join(umig_cmd()), *extra)
-    return run(hosts.ssh(here, shlex.join(cmd)))
+    return run(_migrate_argv(hosts, here, pid, dest, "-v", *extra))
 
 
 def test_migrate_moves_it_and_kills_the_source_only_once_it_runs_there(hosts, tmp_path):
@@ -141,9 +148,8 @@ def test_migrate_failures_leave_the_source_counting(hosts, tmp_path):
         r = _migrate(hosts, 0, pid, "root@10.231.7.77", "-o", "ConnectTimeout=2")
         assert r.returncode == 72, r.stderr
         assert "10.231.7.77" in r.stderr and "nothing was frozen" in r.stderr, r.stderr
-        r = run(hosts.ssh(0, shlex.join(umig_cmd(
-            "migrate", "--detach", str(pid), f"root@{hosts.hosts[1].addr}", "--ssh",
-            shlex.join(hosts.ssh_client()), "--remote-umig", "/nonexistent/umig"))))
+        r = run(_migrate_argv(hosts, 0, pid, f"root@{hosts.hosts[1].addr}",
+                              remote=["/nonexistent/umig"]))
         assert r.returncode == 72, r.stderr
         assert "/nonexistent/umig" in r.stderr, r.stderr
         before = len(_numbers(out))
@@ -191,11 +197,9 @@ def test_migrate_whose_answer_is_lost_leaves_the_source_stopped(hosts, tmp_path)
     out = tmp_path / "count"
     pid = _start_counter(hosts, 0, out)
     drop = Path(__file__).parent / "victims" / "ssh_drop_ack.py"
-    ssh = shlex.join(["python3", str(drop)] + hosts.ssh_client())
     try:
-        r = run(hosts.ssh(0, shlex.join(umig_cmd(
-            "migrate", "--detach", str(pid), f"root@{hosts.hosts[1].addr}", "--ssh", ssh,
-            "--remote-umig", shlex.join(umig_cmd())))))
+        r = run(_migrate_argv(hosts, 0, pid, f"root@{hosts.hosts[1].addr}",
+                              ssh=["python3", str(drop)] + hosts.ssh_client()))
         assert r.returncode == 76, r.stderr
         assert "left stopped" in r.stderr and f"kill -CONT {pid}" in r.stderr, r.stderr
         state = run(hosts.ssh(0, f"cut -d' ' -f3 /proc/{pid}/stat")).stdout.strip()
@@ -212,12 +216,8 @@ def test_migrate_whose_answer_is_lost_leaves_the_source_stopped(hosts, tmp_path)
 def _big_counter(hosts, victim, host: int, out: Path) -> int:
     """The C counter with 300 MiB of random ballast (its image takes a
     while to stream), started on host."""
-    start = (f"setsid {shlex.quote(str(victim('counter')))} 20000 300 > {shlex.quote(str(out))} "
-             f"2>&1 < /dev/null & echo $!")
-    r = run(hosts.ssh(host, start))
-    assert r.returncode == 0, r.stderr
-    wait_for(lambda: out.exists() and len(_numbers(out)) > 3 or None, 30, "the count")
-    return int(r.stdout.split()[-1])
+    return _start(hosts, host, f"{shlex.quote(str(victim('counter')))} 20000 300", out,
+                  lines=4, timeout=30)
 
 
 def test_migrate_whose_target_dies_mid_stream_thaws_the_source(hosts, victim, tmp_path):
@@ -228,11 +228,8 @@ def test_migrate_whose_target_dies_mid_stream_thaws_the_source(hosts, victim, tm
     on host 1, and the counter goes on on host 0."""
     out = tmp_path / "count"
     pid = _big_counter(hosts, victim, 0, out)
-    ssh = shlex.join(hosts.ssh_client())
-    mig = subprocess.Popen(hosts.ssh(0, shlex.join(umig_cmd(
-        "migrate", "--detach", str(pid), f"root@{hosts.hosts[1].addr}", "--ssh", ssh,
-        "--remote-umig", shlex.join(umig_cmd())))), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    mig = subprocess.Popen(_migrate_argv(hosts, 0, pid, f"root@{hosts.hosts[1].addr}"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         find = "pgrep -f 'umig resume --report'"
         victim_pid = wait_for(lambda: run(hosts.ssh(1, find)).stdout.split() or None, 20,
@@ -261,12 +258,9 @@ def test_migrate_over_a_link_that_goes_down_thaws_the_source(hosts, victim, tmp_
     thawed, and the counter goes on on host 0."""
     out = tmp_path / "count"
     pid = _big_counter(hosts, victim, 0, out)
-    ssh = shlex.join(hosts.ssh_client() + ["-o", "ServerAliveInterval=1",
-                                           "-o", "ServerAliveCountMax=2"])
-    mig = subprocess.Popen(hosts.ssh(0, shlex.join(umig_cmd(
-        "migrate", "--detach", str(pid), f"root@{hosts.hosts[1].addr}", "--ssh", ssh,
-        "--remote-umig", shlex.join(umig_cmd())))), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    ssh = hosts.ssh_client() + ["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2"]
+    mig = subprocess.Popen(_migrate_argv(hosts, 0, pid, f"root@{hosts.hosts[1].addr}", ssh=ssh),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     import hosts as rigmod
     try:
         # frozen (a ptrace stop, 't'): the image is streaming
@@ -296,11 +290,9 @@ def test_migrate_dry_run_tables_for_a_ready_and_an_unready_target(hosts, tmp_pat
     nothing is ever frozen (the count never stops) and nothing moves."""
     out = tmp_path / "count"
     pid = _start_counter(hosts, 0, out)
-    ssh = shlex.join(hosts.ssh_client())
-    dry = shlex.join(umig_cmd("migrate", "--dry-run", str(pid), f"root@{hosts.hosts[1].addr}",
-                              "--ssh", ssh, "--remote-umig", shlex.join(umig_cmd())))
+    dry = _migrate_argv(hosts, 0, pid, f"root@{hosts.hosts[1].addr}", "--dry-run")
     try:
-        r = run(hosts.ssh(0, dry))
+        r = run(dry)
         assert r.returncode == 0, r.stdout + r.stderr
         for check in ("umig", "cpu", "files", "pids"):
             assert any(line.split("│")[1:3] and check in line.split("│")[1]
@@ -308,7 +300,7 @@ def test_migrate_dry_run_tables_for_a_ready_and_an_unready_target(hosts, tmp_pat
                 r.stdout
         assert run(hosts.ssh(1, f"mount -t tmpfs none {shlex.quote(str(tmp_path))}")
                    ).returncode == 0
-        r = run(hosts.ssh(0, dry))
+        r = run(dry)
         assert r.returncode == 72, r.stdout + r.stderr
         assert "FAIL" in r.stdout and str(out) in r.stdout.replace("\n", ""), r.stdout
         assert run(hosts.ssh(0, f"cut -d' ' -f3 /proc/{pid}/stat")).stdout.strip() in ("S", "R")

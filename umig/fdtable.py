@@ -335,9 +335,14 @@ class Stdio(FdKind):
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
+        cls._note_terminal(rec, ctx)
+        return ctx.own_stdio(rec["fd"])
+
+    @staticmethod
+    def _note_terminal(rec: dict, ctx: "ResumeFds") -> None:
+        """The first terminal's settings are the ones umig's terminal takes on."""
         if rec["state"] and not ctx.terminal_modes:
             ctx.terminal_modes = rec["state"]
-        return ctx.own_stdio(rec["fd"])
 
 
 class Terminal(Stdio):
@@ -351,8 +356,7 @@ class Terminal(Stdio):
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
-        if rec["state"] and not ctx.terminal_modes:
-            ctx.terminal_modes = rec["state"]
+        cls._note_terminal(rec, ctx)
         return ctx.own_terminal(rec["fd"])
 
 
@@ -967,15 +971,7 @@ class UnixPair(FdKind):
                               f"cannot move that yet", pid=pid, fd=fd)
             return UnixConnection.describe_connection(pid, info, d, peer)
         rec = super().describe(pid, info)
-        data = b""
-        if d["type"] != socket.SOCK_STREAM:
-            # rqueue is only the first message's length here (0 for an
-            # empty one): always look
-            data = b"".join(MSG_LEN.pack(len(m)) + m
-                            for m in _peek_messages(pid, fd, info.target))
-        elif d["rqueue"]:
-            data = _peek(pid, fd, d["rqueue"], info.target)
-        rec["state"] = cls.HEAD.pack(d["type"], d["shutdown"], d["peer"]) + data
+        rec["state"] = cls.HEAD.pack(d["type"], d["shutdown"], d["peer"]) + _queued(pid, info)
         return rec
 
     @classmethod
@@ -1033,12 +1029,7 @@ class UnixConnection(UnixPair):
         accepted = bool(d["name"])
         name = _socket_name(d["name"] if accepted else peer["name"])
         rec = super(UnixPair, cls).describe(pid, info)
-        data = b""
-        if d["type"] != socket.SOCK_STREAM:
-            data = b"".join(MSG_LEN.pack(len(m)) + m
-                            for m in _peek_messages(pid, info.fd, info.target))
-        elif d["rqueue"]:
-            data = _peek(pid, info.fd, d["rqueue"], info.target)
+        data = _queued(pid, info)
         rec["path"] = f"{info.target} ({'accepted on' if accepted else 'connected to'} " \
                       f"{_shown(name)})"
         rec["state"] = (cls.HEAD.pack(d["type"], d["shutdown"], d["peer"])
@@ -1195,6 +1186,18 @@ def _unlink_stale(path: bytes, stype: int, shown: str, fd: int) -> None:
 
 MSG_LEN = struct.Struct("<I")
 SO_PEEK_OFF = 42
+
+
+def _queued(pid: int, info: FdInfo) -> bytes:
+    """What a connected unix end has queued to read, as its state carries
+    it: the bytes (stream), or each message as <I length> + bytes."""
+    d = info.diag
+    if d["type"] != socket.SOCK_STREAM:
+        # rqueue is only the first message's length here (0 for an empty
+        # one): always look
+        return b"".join(MSG_LEN.pack(len(m)) + m
+                        for m in _peek_messages(pid, info.fd, info.target))
+    return _peek(pid, info.fd, d["rqueue"], info.target) if d["rqueue"] else b""
 
 
 def _peek_messages(pid: int, fd: int, target: str) -> list[bytes]:
@@ -1809,8 +1812,6 @@ def _what(info: FdInfo) -> str:
             (v for k, v in ANON_NAMES.items() if kind.startswith(k)), f"an {kind}")
         return f"{name} ({t})"
     mode = info.st.st_mode
-    if stat.S_ISCHR(mode) and (os.major(info.st.st_rdev), os.minor(info.st.st_rdev)) == PTMX:
-        return f"a pty master ({t})"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return f"device {t} ({os.major(info.st.st_rdev)}:{os.minor(info.st.st_rdev)})"
     if stat.S_ISFIFO(mode):

@@ -19,17 +19,18 @@ SHOWN = 4          # problems named in the one-line message
 DELETED = " (deleted)"
 
 
-def _uses(images) -> list[tuple[str, str, dict, str]]:
-    """(path, kind, record, what) for every file by path the processes use:
-    kind "map" (VMA content FILE), "file" (FD of a regular file), "dir"."""
+def _uses(images) -> list[tuple[int, str, str, dict, str]]:
+    """(pid, path, kind, record, what) for every file by path the processes
+    use: kind "map" (VMA content FILE), "file" (FD of a regular file), "dir"."""
     out = []
     for pid, vmas, fds in images:
         for v in vmas:
             if v["content"] == schema.CONTENT_FILE and not v["path"].endswith(DELETED):
-                out.append((v["path"], "map", v, f"mapped at {v['start']:#x} by process {pid}"))
+                out.append((pid, v["path"], "map", v,
+                            f"mapped at {v['start']:#x} by process {pid}"))
         for f in fds:
             if f["kind"] in ("file", "dir"):
-                out.append((f["path"], f["kind"], f, f"fd {f['fd']} of process {pid}"))
+                out.append((pid, f["path"], f["kind"], f, f"fd {f['fd']} of process {pid}"))
     return out
 
 
@@ -39,7 +40,7 @@ def ship(members, max_contents: int) -> list[dict]:
     """FILE records for the files the members use (members: (pid, vmas,
     fds)), each file once; refuses one bigger than max_contents."""
     out, seen = [], set()
-    for (path, kind, rec, what), pid in _with_pids(members):
+    for pid, path, kind, rec, what in _uses(members):
         if kind == "dir" or (rec["dev"], rec["ino"]) in seen or pseudo(path):
             continue
         seen.add((rec["dev"], rec["ino"]))
@@ -139,12 +140,6 @@ def _mounts() -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _with_pids(members):
-    for pid, vmas, fds in members:
-        for use in _uses([(pid, vmas, fds)]):
-            yield use, pid
-
-
 def _open_same(pid: int, path: str, kind: str, rec: dict) -> int:
     """The very file the process uses (its fd through /proc, or the path if
     it is still the mapped inode, else map_files)."""
@@ -215,7 +210,7 @@ def problems_here(images, shipped: list[dict]) -> tuple[list[str], list[dict]]:
     problems: list[str] = []
     create: dict[str, dict] = {}
     named: set[str] = set()
-    for path, kind, rec, what in _uses(images):
+    for _pid, path, kind, rec, what in _uses(images):
         copy = by_path.get(path)
         if copy is None:
             p = _problem(path, kind, rec, what)

@@ -221,11 +221,12 @@ def restore(st: dict, fd: int) -> tuple[socket.socket, bytes]:
     """A socket holding the connection again, still in repair mode; returns
     it and the bytes the program had written but TCP had not sent yet (sent
     once repair mode is off)."""
+    from .fdtable import INET_OPTIONS
     r = st["tcp"]
     s = socket.socket(st["family"], socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     step = "repair mode"
     try:
-        for key, level, opt in _OPTIONS:      # first: SO_REUSEADDR would undo the
+        for key, level, opt in INET_OPTIONS:  # first: SO_REUSEADDR would undo the
             if st.get(key):                   # forced reuse repair mode gives bind
                 s.setsockopt(level, opt, st[key])
         # the buffer sizes first (as set or autotuned): the queues must fit
@@ -315,7 +316,3 @@ def go(socks: list[tuple[socket.socket, bytes]], tables: set[str]) -> list[str]:
             problems.append(f"TCP connection {_where(s.getsockname())}: {e.strerror}")
         s.close()
     return problems
-
-
-_OPTIONS = ((("reuseaddr", socket.SOL_SOCKET, socket.SO_REUSEADDR),
-             ("keepalive", socket.SOL_SOCKET, socket.SO_KEEPALIVE)))

@@ -110,11 +110,6 @@ class Record:
             if len(v) != int(t[1:]):
                 raise ValueError(f"{self.name}.{f.name}: needs {t[1:]} bytes")
             out += bytes(v)
-        elif t == "str":
-            b = v.encode("utf-8", "surrogateescape")
-            out += struct.pack("<I", len(b)) + b
-        elif t == "bytes":
-            out += struct.pack("<I", len(v)) + bytes(v)
         elif t == "array":
             st = self._item_struct(f)
             out += struct.pack("<I", len(v))

@@ -79,19 +79,10 @@ class ImageWriter:
         self._write_framed(head, parts, crc)
 
     def _write_framed(self, head: bytes, parts: list, crc: bytes) -> None:
+        self.flush()
         self._digest.update(head)
         self._digest.update(crc)
         self.records += 1
-        size = len(head) + sum(len(p) for p in parts) + len(crc)
-        if size < HOLD_BELOW:
-            # state records are many and small (10,000 fds: 10,000 FD
-            # records): gathered, they cost one writev, not one each
-            self._held += [head, *parts, crc]
-            self._held_len += size
-            if self._held_len >= HOLD_BELOW:
-                self.flush()
-            return
-        self.flush()
         self._write([head, *parts, crc])
 
     def flush(self) -> None:
@@ -125,11 +116,8 @@ class ImageWriter:
     def page_chunk(self, chunk: "PageChunk") -> None:
         """A PAGES record prepared (and checksummed) by page_chunk_frame,
         possibly in another thread, written without copying its buffers."""
-        self.flush()
-        self._digest.update(chunk.head)     # never held: its buffers are reused after
-        self._digest.update(chunk.crc)
-        self.records += 1
-        self._write([chunk.head, *chunk.parts, chunk.crc])
+        # written at once: its buffers are reused after
+        self._write_framed(chunk.head, chunk.parts, chunk.crc)
         self.page_records += 1
         self.pages += chunk.npages
         self.data_bytes += len(chunk.parts[2])
@@ -140,7 +128,6 @@ class ImageWriter:
                   "pages": self.pages, "data_bytes": self.data_bytes,
                   "digest": self._digest.digest()}
         self._frame(schema.TRAILER.tag, 0, [schema.TRAILER.encode(values)])
-        self.flush()
         try:
             if stat.S_ISREG(os.fstat(self.fd).st_mode):
                 os.fsync(self.fd)
