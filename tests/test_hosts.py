@@ -167,7 +167,10 @@ def test_migrate_to_a_host_missing_a_file_leaves_the_source_running(hosts, tmp_p
     own mount namespace)
     WHEN it is migrated to host 1
     THEN the target's checks name the file before anything is frozen,
-    migrate fails (exit 72), and the process goes on counting on host 0."""
+    migrate fails (exit 72), and the process goes on counting on host 0;
+    WHEN it is then migrated with --ship-files
+    THEN --dry-run passes, and it moves: the file is made on host 1 from
+    the image and the count goes on there with no gap or repeat."""
     out = tmp_path / "count"
     pid = _start_counter(hosts, 0, out)
     hide = run(hosts.ssh(1, f"mount -t tmpfs none {shlex.quote(str(tmp_path))}"))
@@ -181,8 +184,28 @@ def test_migrate_to_a_host_missing_a_file_leaves_the_source_running(hosts, tmp_p
         wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 0")
         assert run(hosts.ssh(1, f"test -e /proc/{pid} && echo yes || echo no")
                    ).stdout.strip() == "no"
+
+        dest = f"root@{hosts.hosts[1].addr}"
+        r = run(_migrate_argv(hosts, 0, pid, dest, "--ship-files", "--dry-run", "--json"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        files = [c for c in json.loads(r.stdout)["checks"] if c["check"] == "files"]
+        assert files[0]["ok"] and "come with the image" in files[0]["detail"], files
+        r = _migrate(hosts, 0, pid, dest, "--ship-files")      # libpython is 22 MiB
+        assert r.returncode == 67 and "--max-contents-mib" in r.stderr, r.stderr
+        assert "image is empty" not in r.stderr, r.stderr        # (the target's echo)
+        r = _migrate(hosts, 0, pid, dest, "--ship-files", "--max-contents-mib", "64")
+        assert r.returncode == 0, r.stderr
+        at_move = len(_numbers(out))           # host 0's view stops growing here
+
+        def there() -> list[int]:
+            return [int(x) for x in run(hosts.ssh(1, f"cat {shlex.quote(str(out))}")
+                                        ).stdout.split()]
+        wait_for(lambda: len(there()) > at_move + 10 or None, 10, "the count on host 1")
+        nums = there()
+        assert nums == list(range(len(nums))), f"a gap or a repeat: ...{nums[-20:]}"
+        assert len(_numbers(out)) <= at_move + 1
     finally:
-        run(hosts.ssh(1, f"umount {shlex.quote(str(tmp_path))}"))
+        run(hosts.ssh(1, f"kill -9 {pid} 2>/dev/null; umount {shlex.quote(str(tmp_path))}"))
         run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))
 
 

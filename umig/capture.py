@@ -71,6 +71,17 @@ class GrabStats:
 
 
 @dataclass
+class Progress:
+    """How far a grab is, for a progress display (cli.py): handed to
+    grab's progress() at each phase and after every chunk of pages."""
+    phase: str = "starting"        # "pre-reading" (it runs), "frozen", "written"
+    pages_done: int = 0            # of the phase: read ahead, or written
+    pages_total: int = 0
+    image_bytes: int = 0           # written so far
+    frozen_at: float = 0.0         # time.perf_counter() of the freeze; 0 before
+
+
+@dataclass
 class Target:
     """Everything read from /proc about the process before and while it is
     frozen."""
@@ -753,9 +764,11 @@ def _produced(t: Target, chunks: list, check: Callable[[], None]):
 
 def _write_pages(t: Target, w: ImageWriter, ranges, check: Callable[[], None],
                  cache: precopy.Cache | None = None,
-                 unchanged: precopy.Unchanged | None = None) -> int:
+                 unchanged: precopy.Unchanged | None = None,
+                 done: Callable[[int], None] = lambda pages: None) -> int:
     """Write the pages of `ranges`: pre-read chunks that still hold from
-    the cache, the rest read now.  Returns the number of data pages."""
+    the cache, the rest read now; done(pages) after each chunk.  Returns
+    the number of data pages."""
     chunks = list(_chunks(ranges))
     kept = [cache.take(c, unchanged) if cache else None for c in chunks]
     fresh = _produced(t, [c for c, k in zip(chunks, kept) if k is None], check)
@@ -765,12 +778,14 @@ def _write_pages(t: Target, w: ImageWriter, ranges, check: Callable[[], None],
             pc, pages = k if k is not None else next(fresh)
             w.page_chunk(pc)
             data_pages += pages
+            done(pc.npages)
     finally:
         fresh.close()
     return data_pages
 
 
-def _preread(t: Target, check: Callable[[], None]) -> tuple[precopy.Tracker, precopy.Cache]:
+def _preread(t: Target, check: Callable[[], None], progress: Callable[[Progress], None]
+             ) -> tuple[precopy.Tracker, precopy.Cache]:
     """Start write tracking (a short freeze to inject userfaultfd), then read
     and compress memory while the process runs, up to the cache's budget."""
     fr = Freezer(t)
@@ -797,10 +812,14 @@ def _preread(t: Target, check: Callable[[], None]) -> tuple[precopy.Tracker, pre
         if not t.tracking:
             return tracker, cache
         chunks = list(_chunks(_present_ranges(t, vmas)))
+        now = Progress("pre-reading", pages_total=sum(n for c in chunks for _, n, _ in c))
+        progress(now)
         fresh = _produced(t, chunks, check)
         try:
             for chunk, (pc, pages) in zip(chunks, fresh):
                 cache.put(chunk, pc, pages)
+                now.pages_done += pc.npages
+                progress(now)
                 if cache.full():
                     break
         finally:
@@ -1064,7 +1083,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
          max_contents: int = fdtable.MAX_CONTENTS,
          tcp_established: bool = False, ship_files: bool = False,
          external_pipes: str = "refuse",
-         warn: Callable[[str], None] = lambda msg: None) -> GrabStats:
+         warn: Callable[[str], None] = lambda msg: None,
+         progress: Callable[[Progress], None] = lambda now: None) -> GrabStats:
     """Write the image of process pid (with tree, of it and all its
     descendants) to out_fd; once it is complete (and on_complete(size),
     which puts a file image in place, succeeded) kill it (finish="kill"),
@@ -1080,7 +1100,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     ship_files: carry the files the processes have open or map (files.py).
     external_pipes: "refuse" a pipe to a process outside at fd > 2, or give
     the process "devnull" there.  warn(msg): what a failed grab could not
-    undo (it is said at once: the exception follows)."""
+    undo (it is said at once: the exception follows).  progress(now): how
+    far it is (a Progress), at each phase and after every chunk of pages."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid, tree)
@@ -1118,11 +1139,13 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         if not tree and (preread == "on" or (preread == "auto"
                                              and rss_kb * 1024 >= precopy.MIN_RSS)):
             try:
-                tracker, cache = _preread(t, check)
+                tracker, cache = _preread(t, check, progress)
             except OSError as e:
                 stats.precopy = f"off ({e.strerror or e})"
         with critical():
             fr.freeze()
+        now = Progress("frozen", frozen_at=fr.frozen_at)
+        progress(now)
         check()
         stack.enter_context(fdtable.pidfds())
         members = []
@@ -1162,14 +1185,22 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             w.record(schema.ZOMBIE, z)
         for pipe in pipes:
             w.record(schema.PIPE, pipe)
-        for m in members:
+        member_ranges = [sorted(_present_ranges(m.t, [v for v in m.vmas
+                                                      if not v["flags"] & schema.VMA_INHERIT])
+                                + [r for rs in m.cow.values() for r in rs]) for m in members]
+        now.pages_total = sum(n for rs in member_ranges for _, n, _ in rs)
+        now.image_bytes = w.offset
+        progress(now)
+
+        def written(pages: int) -> None:
+            now.pages_done += pages
+            now.image_bytes = w.offset
+            progress(now)
+        for m, ranges in zip(members, member_ranges):
             if tree:
                 w.record(schema.OWNER, {"pid": m.t.pid})
-            ranges = _present_ranges(m.t, [v for v in m.vmas
-                                           if not v["flags"] & schema.VMA_INHERIT])
-            ranges = sorted(ranges + [r for rs in m.cow.values() for r in rs])
             unchanged = tracker.unchanged(t.pagemapfd, m.smaps) if tracker else None
-            stats.data_pages += _write_pages(m.t, w, ranges, check, cache, unchanged)
+            stats.data_pages += _write_pages(m.t, w, ranges, check, cache, unchanged, written)
         if cache:
             stats.precopy = (f"{cache.reused} pre-read chunks kept, {cache.reread} read "
                              f"again frozen")
@@ -1177,6 +1208,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                                     "records": w.page_records})
         check()
         w.finish()
+        now.phase, now.image_bytes = "written", w.offset
+        progress(now)
         on_complete(w.offset)
         done = True
         stats.pages = w.pages

@@ -75,13 +75,10 @@ def cmd_grab(args) -> int:
     out = Output(args.output)
     finish = "running" if args.leave_running else "stopped" if args.leave_stopped else "kill"
     try:
-        stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
-                             on_complete=out.commit, prepare=out.preallocate,
-                             preread=args.preread, tree=args.tree,
-                             max_contents=args.max_contents_mib << 20,
-                             tcp_established=args.tcp_established,
-                             ship_files=args.ship_files, external_pipes=args.external_pipes,
-                             warn=_warn)
+        with _Shown(f"grabbing process {args.pid}", os.isatty(2), "written") as shown:
+            stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
+                                 on_complete=out.commit, prepare=out.preallocate, warn=_warn,
+                                 progress=shown, **_grab_kwargs(args))
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise
@@ -210,18 +207,62 @@ def cmd_probe(args) -> int:
 
 def cmd_migrate(args) -> int:
     from . import migrate
+    if (args.dest is None) == (args.to_file is None):
+        raise UmigError("say where to: a host, or --to-file FILE (not both)",
+                        exit_code=Exit.USAGE, hint=f"umig migrate {args.pid} HOST")
+    if args.to_file:
+        return _migrate_to_file(args)
+    if args.tcp_established:
+        raise UmigError("--tcp-established does not go through umig migrate yet: the "
+                        "connection's address must move with it", exit_code=Exit.USAGE,
+                        hint="grab -o FILE --tcp-established and resume it where the "
+                             "address is")
     ssh_argv, host = migrate.ssh_command(args.dest, args.ssh, args.port, args.identity,
                                          args.option or [])
-    results = migrate.probe(args.pid, ssh_argv, host, args.remote_umig, args.pidns)
+    results = migrate.probe(args.pid, ssh_argv, host, args.remote_umig, args.pidns,
+                            args.ship_files)
     if args.dry_run:
         return _checks_table(host, results, args.json)
     migrate.refuse_unless_ready(args.pid, host, results)
     flag = _Flag()
     flag.install()
-    stats, rpid = migrate.migrate(args.pid, args.dest, ssh_argv, host, args.remote_umig,
-                                  args.detach, _warn, interrupted=flag, pidns=args.pidns)
+    with _Shown(f"process {args.pid} → {host}",
+                os.isatty(2) and not args.no_progress) as shown:
+        stats, rpid = migrate.migrate(args.pid, args.dest, ssh_argv, host, args.remote_umig,
+                                      args.detach, _warn, interrupted=flag, pidns=args.pidns,
+                                      progress=shown, **_grab_kwargs(args))
+    _summary(args, stats, f"moved process {args.pid} to {host} (pid {rpid} there)", host=host,
+             pid_there=rpid)
+    if args.json:
+        return 0 if args.detach else (getattr(stats, "remote_status", 0) or 0)
+    if args.detach:
+        print(rpid, flush=True)
+        return 0
+    return getattr(stats, "remote_status", 0) or 0
+
+
+def _migrate_to_file(args) -> int:
+    from . import migrate
+    if args.dry_run or args.detach or args.pidns:
+        raise UmigError("--dry-run, --detach and --pidns are for a host, not --to-file",
+                        exit_code=Exit.USAGE)
+    flag = _Flag()
+    flag.install()
+    with _Shown(f"process {args.pid} → {args.to_file}",
+                os.isatty(2) and not args.no_progress, "written") as shown:
+        stats = migrate.to_file(args.pid, args.to_file, _warn, interrupted=flag,
+                                progress=shown, **_grab_kwargs(args))
+    for w in stats.warnings:
+        _warn(w)
+    _summary(args, stats, f"checkpointed process {args.pid} into {args.to_file}",
+             file=args.to_file)
+    return 0
+
+
+def _summary(args, stats, where: str, **about) -> None:
+    """migrate's last word: a line on a terminal (or -v), or --json."""
     memory = stats.data_pages * 4096
-    summary = {"pid": args.pid, "host": host, "pid_there": rpid,
+    summary = {"pid": args.pid, **about,
                "frozen_ms": round(stats.frozen_s * 1000, 1), "sent_bytes": stats.image_bytes,
                "memory_bytes": memory, "wall_s": round(stats.wall_s, 3),
                "ratio": round(memory / stats.image_bytes, 2) if stats.image_bytes else None,
@@ -231,16 +272,77 @@ def cmd_migrate(args) -> int:
     elif args.verbose or os.isatty(2) or args.detach:
         rate = f", {memory / stats.wall_s / 2**20:.0f} MiB/s of memory" if stats.wall_s else ""
         ratio = f" ({summary['ratio']}x compressed)" if summary["ratio"] else ""
-        print(f"umig: moved process {args.pid} to {host} (pid {rpid} there): "
-              f"{stats.image_bytes / 2**20:.1f} MiB sent{ratio}, frozen "
+        verb = "written" if "file" in about else "sent"
+        print(f"umig: {where}: "
+              f"{stats.image_bytes / 2**20:.1f} MiB {verb}{ratio}, frozen "
               f"{stats.frozen_s * 1000:.0f} ms, {stats.wall_s:.2f} s in all{rate}",
               file=sys.stderr)
-    if args.json:
-        return 0 if args.detach else (getattr(stats, "remote_status", 0) or 0)
-    if args.detach:
-        print(rpid, flush=True)
-        return 0
-    return getattr(stats, "remote_status", 0) or 0
+
+
+class _Shown:
+    """grab's progress (capture.Progress) as a live line on stderr, a
+    terminal: bytes sent, rate, pages left, time frozen so far.  Nothing
+    is shown when `on` is false; the line goes when the work ends."""
+
+    PHASES = {"pre-reading": "reading ahead (it runs)", "frozen": "frozen",
+              "written": "image written", "starting": "starting it there"}
+
+    def __init__(self, what: str, on: bool, verb: str = "sent"):
+        self.what, self.on, self.verb = what, on, verb
+        self.live = None
+        self.now = None
+        self.phase = ("", 0)
+        self.sent_from = (0.0, 0)       # (time, bytes) where the rate is counted from
+
+    def __enter__(self):
+        if self.on:
+            from rich.console import Console
+            from rich.live import Live
+            try:
+                width = os.get_terminal_size(2).columns or None
+            except OSError:
+                width = None
+            self.live = Live(self, console=Console(stderr=True, width=width), transient=True,
+                             refresh_per_second=8)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.stop()
+        return False
+
+    def __call__(self, now) -> None:
+        import time
+        self.now = now
+        if (now.phase, now.pages_total) != self.phase:    # (grab changes one in place)
+            if now.phase != self.phase[0]:
+                self.sent_from = (time.perf_counter(), now.image_bytes)
+            self.phase = (now.phase, now.pages_total)
+            if self.live:
+                self.live.refresh()        # each phase is shown, however short
+
+    def __rich__(self):
+        import time
+        from rich.text import Text
+        now = self.now
+        if now is None:
+            return Text(f"starting · {self.what}", style="dim")
+        t = time.perf_counter()
+        parts = [self.PHASES.get(now.phase, now.phase)]
+        if now.phase in ("frozen", "written", "starting"):
+            t0, b0 = self.sent_from
+            rate = (now.image_bytes - b0) / (t - t0) if t > t0 else 0
+            parts.append(f"{now.image_bytes / 2**20:.1f} MiB {self.verb}")
+            if now.phase == "frozen":
+                parts.append(f"{rate / 2**20:.0f} MiB/s")
+        if now.phase in ("pre-reading", "frozen") and now.pages_total:
+            parts.append(f"{now.pages_total - now.pages_done} of {now.pages_total} "
+                         f"pages left")
+        if now.frozen_at:
+            parts.append(f"frozen {(t - now.frozen_at) * 1000:.0f} ms")
+        parts.append(self.what)         # last: a long path may be cut short
+        return Text(" · ".join(parts), no_wrap=True, overflow="ellipsis")
 
 
 def _foreground(pid: int, tty: int | None, own_modes: bytes | None) -> int:
@@ -330,6 +432,38 @@ def cmd_check(args) -> int:
     return check.main(as_json=args.json)
 
 
+def _grab_options(p: argparse.ArgumentParser) -> None:
+    """What grab and migrate share: how the process is read."""
+    p.add_argument("--preread", choices=("auto", "on", "off"), default="auto",
+                   help="read and compress memory before freezing the process and keep "
+                        "what it does not write meanwhile (auto: from 16 MiB resident)")
+    p.add_argument("--tree", action="store_true",
+                   help="grab the process and all its descendants together")
+    p.add_argument("--max-contents-mib", type=int, default=16, metavar="MIB",
+                   help="carry the contents of files deleted while open and of memfds up "
+                        "to this size each (default 16; they are held in memory while "
+                        "grabbing)")
+    p.add_argument("--ship-files", action="store_true",
+                   help="carry the files the process has open or maps (its program and "
+                        "libraries too) in the image: resume creates them where they are "
+                        "missing (each up to --max-contents-mib)")
+    p.add_argument("--external-pipes", choices=("refuse", "devnull"), default="refuse",
+                   help="a pipe at fd 3 or above whose other end a process outside holds: "
+                        "refuse (default), or give the resumed process /dev/null there "
+                        "(reads see end of file, writes are thrown away)")
+    p.add_argument("--tcp-established", action="store_true",
+                   help="take established TCP connections too (TCP_REPAIR; needs root and "
+                        "nft; resume where the connection's address is): their packets are "
+                        "held back until umig resume has them, so peers see a delay, not a "
+                        "reset")
+
+
+def _grab_kwargs(args) -> dict:
+    return {"preread": args.preread, "tree": args.tree,
+            "max_contents": args.max_contents_mib << 20, "ship_files": args.ship_files,
+            "external_pipes": args.external_pipes, "tcp_established": args.tcp_established}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="umig", description="Move running Linux processes: "
                                 "grab one into an image stream, resume it anywhere.")
@@ -345,28 +479,7 @@ def parser() -> argparse.ArgumentParser:
                      help="let the process carry on after the image is written")
     how.add_argument("--leave-stopped", action="store_true",
                      help="leave the process stopped (SIGSTOP) after the image is written")
-    g.add_argument("--preread", choices=("auto", "on", "off"), default="auto",
-                   help="read and compress memory before freezing the process and keep "
-                        "what it does not write meanwhile (auto: from 16 MiB resident)")
-    g.add_argument("--tree", action="store_true",
-                   help="grab the process and all its descendants together")
-    g.add_argument("--max-contents-mib", type=int, default=16, metavar="MIB",
-                   help="carry the contents of files deleted while open and of memfds up "
-                        "to this size each (default 16; they are held in memory while "
-                        "grabbing)")
-    g.add_argument("--ship-files", action="store_true",
-                   help="carry the files the process has open or maps (its program and "
-                        "libraries too) in the image: resume creates them where they are "
-                        "missing (each up to --max-contents-mib)")
-    g.add_argument("--external-pipes", choices=("refuse", "devnull"), default="refuse",
-                   help="a pipe at fd 3 or above whose other end a process outside holds: "
-                        "refuse (default), or give the resumed process /dev/null there "
-                        "(reads see end of file, writes are thrown away)")
-    g.add_argument("--tcp-established", action="store_true",
-                   help="take established TCP connections too (TCP_REPAIR; needs root and "
-                        "nft; resume where the connection's address is): their packets are "
-                        "held back until umig resume has them, so peers see a delay, not a "
-                        "reset")
+    _grab_options(g)
     g.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
     g.set_defaults(func=cmd_grab)
 
@@ -389,7 +502,12 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", help="move a process to another host over ssh, as one "
                                        "transaction: killed here only once it runs there")
     m.add_argument("pid", type=int)
-    m.add_argument("dest", metavar="[user@]host[:port]")
+    m.add_argument("dest", metavar="[user@]host[:port]", nargs="?",
+                   help="where to (or --to-file)")
+    m.add_argument("--to-file", metavar="FILE",
+                   help="checkpoint into a file instead, as the same transaction: the "
+                        "process is killed only once the image is synced and read back "
+                        "whole from the disk")
     m.add_argument("--ssh", metavar="CMD", help="the ssh command to use (default: ssh)")
     m.add_argument("-p", "--port", type=int, help="ssh port")
     m.add_argument("-i", "--identity", metavar="FILE", help="ssh identity file")
@@ -408,6 +526,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true",
                    help="the checks (--dry-run) or the summary as JSON, for scripts")
     m.add_argument("-v", "--verbose", action="store_true", help="print a summary line")
+    m.add_argument("--no-progress", action="store_true",
+                   help="no progress display (it is shown when stderr is a terminal)")
+    _grab_options(m)
     m.set_defaults(func=cmd_migrate)
 
     pr = sub.add_parser("probe", help="(run by umig migrate on a target) check what a process "

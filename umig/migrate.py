@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 
 from . import capture
-from .errors import EnvironmentProblem, Exit, ImageIOError, UmigError
+from .errors import EnvironmentProblem, Exit, ImageIOError, Interrupted, NoProcess, UmigError
 
 MARK = "\x1eumig-resume "           # the target's marker lines on its stderr
 FAST_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"
@@ -68,6 +68,7 @@ class _Target:
     starting: threading.Event = field(default_factory=threading.Event)
     running: int = 0
     last: str = ""
+    quiet: bool = False              # what it says now is not passed on
     done: threading.Event = field(default_factory=threading.Event)
 
     def read(self) -> None:
@@ -87,7 +88,7 @@ class _Target:
                     continue
                 if line.strip():
                     self.last = line.strip()
-                if self.ready.is_set():          # before: ssh's own complaint, which
+                if self.ready.is_set() and not self.quiet:   # before: ssh's complaint, which
                     sys.stderr.write(line)       # umig's error line repeats
                     sys.stderr.flush()
         finally:
@@ -97,12 +98,12 @@ class _Target:
 
 
 def probe(pid: int, ssh_argv: list[str], host: str, remote_umig: str,
-          pidns: bool) -> list[dict]:
+          pidns: bool, ship_files: bool = False) -> list[dict]:
     """The target's checks for process pid (umig/probe.py), asked over ssh
     without stopping anything."""
     import json
     from . import probe as probemod
-    want = json.dumps(probemod.describe(pid)).encode()
+    want = json.dumps(probemod.describe(pid, ship_files)).encode()
     remote = f"{remote_umig} probe{' --pidns' if pidns else ''}"
     try:
         r = subprocess.run(ssh_argv + [host, remote], input=want, capture_output=True,
@@ -135,10 +136,14 @@ def refuse_unless_ready(pid: int, host: str, results: list[dict]) -> None:
 
 def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: str,
             detach: bool, warn, interrupted=lambda: False,
-            pidns: bool = False) -> tuple[capture.GrabStats, int]:
+            pidns: bool = False, progress=lambda now: None,
+            **grab_options) -> tuple[capture.GrabStats, int]:
     """Move process pid to host; returns the grab's stats and the pid it
     runs as there.  Raises with the source thawed (the target failed) or,
-    when it cannot be known whether the target runs it, left stopped."""
+    when it cannot be known whether the target runs it, left stopped.
+    progress(now) as for capture.grab, and then once more with now.phase
+    "starting" while the target rebuilds and starts it; grab_options go
+    to capture.grab."""
     remote = (f"{remote_umig} resume --report{' --detach' if detach else ''}"
               f"{' --pidns' if pidns else ''} -")
     argv = ssh_argv + [host, remote]
@@ -162,8 +167,9 @@ def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: st
                                       "(--remote-umig)")
     try:
         stats = capture.grab(pid, proc.stdin.fileno(), finish="hold", interrupted=interrupted,
-                             warn=warn)
+                             warn=warn, progress=progress, **grab_options)
     except UmigError as e:
+        target.quiet = not isinstance(e, ImageIOError)    # (it would only say it got nothing)
         proc.stdin.close()
         proc.wait()
         reader.join(5)
@@ -172,11 +178,16 @@ def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: st
             raise EnvironmentProblem(f"{host} refused process {pid}: "
                                      f"{target.last.removeprefix('umig: ')}; process {pid} was "
                                      f"thawed and goes on here", pid=pid) from None
-        why = (f"said: {target.last}" if target.last else
-               f"ended without a word (ssh exited with {proc.returncode})")
-        e.msg = f"{e.msg}; process {pid} was thawed and goes on here (the target {host} {why})"
+        why = ""
+        if isinstance(e, ImageIOError):
+            why = (f" (the target {host} said: {target.last})" if target.last else
+                   f" (the target {host} ended without a word: ssh exited with "
+                   f"{proc.returncode})")
+        e.msg = f"{e.msg}; process {pid} was thawed and goes on here{why}"
         raise
     held = stats.held
+    progress(capture.Progress("starting", frozen_at=held.fr.frozen_at,
+                              image_bytes=stats.image_bytes))
     # phase two: the target has the whole process, stopped; "go" lets it run
     target.prepared.wait()
     said_go = False
@@ -214,3 +225,60 @@ def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: st
     why = target.last or f"ssh exited with status {proc.returncode}"
     raise EnvironmentProblem(f"moving process {pid} to {host} failed: {why}; process {pid} "
                              f"was thawed and goes on here", pid=pid)
+
+
+def to_file(pid: int, path: str, warn, interrupted=lambda: False,
+            progress=lambda now: None, **grab_options) -> capture.GrabStats:
+    """`umig migrate PID --to-file img`: the same transaction into a file.
+    The image is written under a temporary name, synced, read back from
+    the disk with every checksum checked, and only then put in place and
+    the source killed; if any of that fails, no file is left and the
+    source is thawed."""
+    from .image.stream import Output
+    if path == "-" or (os.path.exists(path) and not os.path.isfile(path)):
+        raise UmigError(f"--to-file needs the path of a regular file, not {path}", path=path,
+                        exit_code=Exit.USAGE, hint="to stream an image, use umig grab")
+    out = Output(path)
+    try:
+        try:
+            stats = capture.grab(pid, out.fd, finish="hold", interrupted=interrupted,
+                                 prepare=out.preallocate, on_complete=out.sync, warn=warn,
+                                 progress=progress, **grab_options)
+        except BaseException as e:
+            out.abort()
+            if isinstance(e, UmigError) and not isinstance(e, (NoProcess, Interrupted)):
+                e.msg = f"{e.msg}; no image was left, process {pid} was thawed and goes on"
+            raise
+        try:
+            _read_back(out.tmp, path)
+            out.place()
+        except BaseException as e:
+            out.abort()
+            for problem in stats.held.thaw():
+                warn(problem)
+            if isinstance(e, UmigError):
+                e.msg = f"{e.msg}; no image was left, process {pid} was thawed and goes on"
+            raise
+    finally:
+        out.close()
+    stats.held.kill()
+    return stats
+
+
+def _read_back(tmp: str, path: str) -> None:
+    """Read a synced image back from the disk (its cached pages dropped
+    first): every record's and chunk's checksum, the records' order and
+    the trailer are checked, as resume will."""
+    from .image.stream import ImageReader
+    from .restore.load import Loaded
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ImageIOError(f"cannot read back the image {path}: {e.strerror}",
+                           path=path) from None
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        for _ in Loaded(ImageReader(fd, what=f"image {path} (read back)")).page_frames():
+            pass
+    finally:
+        os.close(fd)

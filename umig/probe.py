@@ -14,8 +14,10 @@ from .errors import Incompatible, UmigError
 from .image import schema
 
 
-def describe(pid: int) -> dict:
-    """What the target must offer process pid (read from /proc; it runs on)."""
+def describe(pid: int, ship_files: bool = False) -> dict:
+    """What the target must offer process pid (read from /proc; it runs on).
+    ship_files: the image will carry the files it uses (grab --ship-files),
+    so a missing one is no problem there (a different one still is)."""
     from .capture import header_record
     try:
         maps = procfs.parse_maps(procfs.read(pid, "maps"))
@@ -54,7 +56,7 @@ def describe(pid: int) -> dict:
                         "path": target, "size": -1 if writing else st.st_size,
                         "flags": flags})
     return {"umig": __version__, "format": schema.FORMAT_VERSION, "header": header_record(pid),
-            "pid": pid, "tids": tids, "vmas": vmas, "fds": fds}
+            "pid": pid, "tids": tids, "vmas": vmas, "fds": fds, "ship_files": ship_files}
 
 
 def check(want: dict, pidns: bool = False) -> list[dict]:
@@ -74,10 +76,18 @@ def check(want: dict, pidns: bool = False) -> list[dict]:
         add("cpu", True, f"{want['header']['arch']}, the source's XSAVE features are here too")
     except Incompatible as e:
         add("cpu", False, e.msg)
-    problems, _ = files.problems_here([(want["pid"], want["vmas"], want["fds"])], [])
+    shipped = []
+    if want.get("ship_files"):
+        # the image will carry them: those missing here are made from it
+        uses = [v["path"] for v in want["vmas"]] + [f["path"] for f in want["fds"]
+                                                    if f["kind"] == "file"]
+        shipped = [{"path": p, "size": 0, "mtime_ns": 0} for p in dict.fromkeys(uses)
+                   if not os.path.lexists(p)]
+    problems, _ = files.problems_here([(want["pid"], want["vmas"], want["fds"])], shipped)
     n = len(want["vmas"]) + len(want["fds"])
     add("files", not problems, "; ".join(problems) if problems else
-        f"all {n} files it maps or has open are here, the same")
+        f"all {n} files it maps or has open are here, the same"
+        + (f" (or shipped: {len(shipped)} missing here come with the image)" if shipped else ""))
     taken = [t for t in want["tids"] if checks.pid_state(t) is not None]
     add("pids", pidns or not taken,
         (f"taken here: {', '.join(map(str, taken))}" + (" (fine: --pidns)" if pidns else ""))

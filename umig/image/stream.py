@@ -353,10 +353,24 @@ class Output:
     def commit(self, size: int) -> None:
         """The image of `size` bytes is complete: cut the file to it, sync,
         and put it in place."""
+        self.sync(size)
+        self.place()
+
+    def sync(self, size: int) -> None:
+        """Cut the file to the image's `size` bytes and sync it, still under
+        its temporary name, `tmp` (where it can be read back)."""
         if self.tmp:
             try:
                 os.ftruncate(self.fd, size)
                 os.fsync(self.fd)
+            except OSError as e:
+                raise ImageIOError(f"cannot write the image {self.path}: {e.strerror}",
+                                   path=self.path) from e
+
+    def place(self) -> None:
+        """Put the synced image in place (rename, then sync the directory)."""
+        if self.tmp:
+            try:
                 os.rename(self.tmp, self.path)
                 dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
                 try:
