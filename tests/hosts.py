@@ -34,6 +34,7 @@ RIG_NS = "umig-rig"                  # the bridge, and where the tests' ssh runs
 NET = "10.231.7"                     # hosts .1 .. .N, the rig's end .254
 STATE = Path("/run/umig-rig.json")   # what `up` made, for `down`
 SSHD = "/usr/sbin/sshd"
+PID_BASE = 1000             # host i's pids start at PID_BASE * (i + 1)
 
 
 @dataclass
@@ -109,11 +110,15 @@ class Rig:
             conf.write_text(SSHD_CONFIG.format(key=key, auth=w / "authorized_keys"))
             log = open(w / f"{h.name}_sshd.log", "w")
             # its own PID, mount (/proc) and UTS namespace; pid 1 there is sh,
-            # which names the host and becomes sshd
+            # which names the host and becomes sshd.  Each host's pids start
+            # elsewhere (1000, 2000, ...), as on real hosts whose pid spaces
+            # differ: otherwise the sshd sessions of a migration take the very
+            # pids the process brings along
             p = subprocess.Popen(
                 ["ip", "netns", "exec", h.name, "unshare", "--pid", "--fork", "--kill-child",
                  "--mount-proc", "--uts", "sh", "-c",
-                 f"hostname {h.name} && exec {SSHD} -D -e -f {conf} "
+                 f"hostname {h.name} && echo {PID_BASE * (i + 1)} > "
+                 f"/proc/sys/kernel/ns_last_pid && exec {SSHD} -D -e -f {conf} "
                  f"-o ListenAddress={h.addr} -o Port=22"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
             log.close()

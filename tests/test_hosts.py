@@ -332,3 +332,30 @@ def test_migrate_dry_run_tables_for_a_ready_and_an_unready_target(hosts, tmp_pat
     finally:
         run(hosts.ssh(1, f"umount {shlex.quote(str(tmp_path))}"))
         run(hosts.ssh(0, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def test_migrate_tree_moves_parent_and_child_together(hosts, tmp_path):
+    """GIVEN on host 0 a shell waiting for its python3 child, which counts
+    WHEN `umig migrate --tree` moves the shell to host 1 (the probe checks
+    the child's pid there too)
+    THEN both run on host 1 with their pids, parent and child again, both
+    are gone from host 0, and the count goes on with no gap or repeat."""
+    out = tmp_path / "count"
+    pid = _start(hosts, 0, f"sh -c {shlex.quote(f'python3 -c {shlex.quote(COUNTER)}; true')}",
+                 out)
+    child = int(run(hosts.ssh(0, f"cat /proc/{pid}/task/{pid}/children")).stdout.split()[0])
+    try:
+        r = _migrate(hosts, 0, pid, f"root@{hosts.hosts[1].addr}", "--tree")
+        assert r.returncode == 0, r.stderr
+        gone = run(hosts.ssh(0, f"ls -d /proc/{pid} /proc/{child} 2>/dev/null | wc -l"))
+        assert gone.stdout.strip() == "0"
+        there = run(hosts.ssh(1, f"cat /proc/{pid}/comm /proc/{child}/comm; "
+                                 f"cut -d' ' -f4 /proc/{child}/stat")).stdout.split()
+        assert there == ["sh", "python3", str(pid)], there
+        before = len(_numbers(out))
+        wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 1")
+        nums = _numbers(out)
+        assert nums == list(range(len(nums))), f"a gap or a repeat: ...{nums[-20:]}"
+    finally:
+        for h in range(2):
+            run(hosts.ssh(h, f"kill -9 {pid} {child} 2>/dev/null; true"))

@@ -220,7 +220,7 @@ def cmd_migrate(args) -> int:
     ssh_argv, host = migrate.ssh_command(args.dest, args.ssh, args.port, args.identity,
                                          args.option or [])
     results = migrate.probe(args.pid, ssh_argv, host, args.remote_umig, args.pidns,
-                            args.ship_files)
+                            args.ship_files, args.tree)
     if args.dry_run:
         return _checks_table(host, results, args.json)
     migrate.refuse_unless_ready(args.pid, host, results)

@@ -98,12 +98,12 @@ class _Target:
 
 
 def probe(pid: int, ssh_argv: list[str], host: str, remote_umig: str,
-          pidns: bool, ship_files: bool = False) -> list[dict]:
+          pidns: bool, ship_files: bool = False, tree: bool = False) -> list[dict]:
     """The target's checks for process pid (umig/probe.py), asked over ssh
     without stopping anything."""
     import json
     from . import probe as probemod
-    want = json.dumps(probemod.describe(pid, ship_files)).encode()
+    want = json.dumps(probemod.describe(pid, ship_files, tree)).encode()
     remote = f"{remote_umig} probe{' --pidns' if pidns else ''}"
     try:
         r = subprocess.run(ssh_argv + [host, remote], input=want, capture_output=True,

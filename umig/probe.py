@@ -14,16 +14,26 @@ from .errors import Incompatible, UmigError
 from .image import schema
 
 
-def describe(pid: int, ship_files: bool = False) -> dict:
+def describe(pid: int, ship_files: bool = False, tree: bool = False) -> dict:
     """What the target must offer process pid (read from /proc; it runs on).
     ship_files: the image will carry the files it uses (grab --ship-files),
-    so a missing one is no problem there (a different one still is)."""
-    from .capture import header_record
+    so a missing one is no problem there (a different one still is).  tree:
+    the pids and tids of its descendants must be free there too (their
+    files are checked by resume)."""
+    from .capture import _descendants, header_record
     try:
         maps = procfs.parse_maps(procfs.read(pid, "maps"))
         tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     except (OSError, UmigError) as e:
         raise UmigError(f"cannot look at process {pid}: {e}", pid=pid) from None
+    if tree:
+        kids, zombies = _descendants(pid)
+        for k in kids:
+            try:
+                tids += [int(t) for t in os.listdir(f"/proc/{k}/task")]
+            except OSError:
+                pass              # ended meanwhile
+        tids = sorted(set(tids + zombies))
     vmas, seen = [], set()
     for v in maps:
         if not v.path.startswith("/") or v.deleted or v.path in seen or v.inode == 0:
@@ -91,7 +101,8 @@ def check(want: dict, pidns: bool = False) -> list[dict]:
     taken = [t for t in want["tids"] if checks.pid_state(t) is not None]
     add("pids", pidns or not taken,
         (f"taken here: {', '.join(map(str, taken))}" + (" (fine: --pidns)" if pidns else ""))
-        if taken else f"{want['pid']} and its {len(want['tids']) - 1} other thread ids are free")
+        if taken else f"{want['pid']} and its {len(want['tids']) - 1} other thread and process "
+                      f"ids are free")
     return out
 
 
