@@ -18,8 +18,8 @@ go only when the image verified to its trailer.
 
 from __future__ import annotations
 
-import fcntl
 import json
+import collections
 import os
 import resource
 import signal
@@ -397,28 +397,35 @@ class _Inline:
         return f
 
 
+PLACE_THREADS = 2      # decompress and write two records at once: on this VM, filling
+#                        fresh memory costs more than reading the stream (bench/README.md)
+
+
 def _feed_pages(driver: "_Driver", loaded: Loaded, check, threads: bool = True) -> int:
     """Write every PAGES record into its process: this thread reads and
-    checksums the stream, a second one decompresses and writes (one record
-    behind).  The reader verifies the trailer when the pages end, and here
-    its counts are held against what came."""
+    checksums the stream, PLACE_THREADS others decompress and write the
+    records before it.  Records of one round cover each page once, so they
+    are placed in any order; a later round (which wins) waits for the one
+    before to be in, as a process waits for all its pages before it is
+    continued (to fork).  The reader verifies the trailer when the pages
+    end, and here its counts are held against what came."""
     pages = records = data_bytes = 0
-    pending: list = []
-    with (ThreadPoolExecutor(1, thread_name_prefix="umig-place") if threads
+    pending: collections.deque = collections.deque()
+    with (ThreadPoolExecutor(PLACE_THREADS, thread_name_prefix="umig-place") if threads
           else _Inline()) as pool:
         try:
-            current = None
+            current = current_round = None
             for owner, frame in loaded.page_frames():
-                if owner != current:
-                    # a process is continued (to fork) only once all its pages are in
-                    for f in pending:
-                        f.result()
-                    pending.clear()
-                    child = driver.pages_of(owner)
-                    current = owner
                 round_, flags, raw_len, runs, data = decode_pages(frame)
-                if pending:
-                    pending.pop().result()
+                if owner != current or round_ != current_round:
+                    while pending:
+                        pending.popleft().result()
+                    if owner != current:
+                        child = driver.pages_of(owner)
+                        current = owner
+                    current_round = round_
+                while len(pending) >= PLACE_THREADS:
+                    pending.popleft().result()
                 pending.append(pool.submit(_place, child, frame, round_, flags, raw_len,
                                            runs, data))
                 pages += sum(struct.unpack_from("<I", runs, i + 8)[0]
@@ -426,11 +433,16 @@ def _feed_pages(driver: "_Driver", loaded: Loaded, check, threads: bool = True) 
                 records += 1
                 data_bytes += len(data)
                 check()
-            if pending:
-                pending.pop().result()
+            while pending:
+                pending.popleft().result()
         finally:
             for f in pending:
                 f.cancel()
+            for f in pending:
+                try:
+                    f.result()          # no thread may still write when we return
+                except BaseException:   # noqa: BLE001 - the first error is being raised
+                    pass
     t = loaded.reader.trailer
     if t is None or (t["page_records"], t["pages"], t["data_bytes"]) != (records, pages, data_bytes):
         raise BadImage(f"the image's trailer counts {t and t['page_records']} page records, "
