@@ -122,6 +122,9 @@ def cmd_resume(args) -> int:
     if args.report:
         _mark("ready")                   # for `umig migrate`: it may freeze its source now
     fd = _open_image(args.image)
+    if fd == 0:
+        from .migrate import big_pipe
+        big_pipe(0)                      # (from ssh: fewer wake-ups per MiB)
 
     def on_running(pid: int) -> None:
         if args.report:

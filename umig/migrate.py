@@ -123,6 +123,19 @@ def probe(pid: int, ssh_argv: list[str], host: str, remote_umig: str,
 
 
 PROBE_WAIT_S = 60
+PIPE_BYTES = 1 << 20                # fs.pipe-max-size's default
+
+
+def big_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: 16 times fewer wake-ups between the
+    image's writer (or reader) and ssh (best effort: a pipe only, and
+    pipe-max-size may be lower)."""
+    import fcntl
+    from .fdtable import F_SETPIPE_SZ
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass
 
 
 def refuse_unless_ready(pid: int, host: str, results: list[dict]) -> None:
@@ -153,6 +166,7 @@ def migrate(pid: int, dest: str, ssh_argv: list[str], host: str, remote_umig: st
     except OSError as e:
         raise EnvironmentProblem(f"cannot run {argv[0]}: {e.strerror}",
                                  hint="install ssh, or give --ssh") from None
+    big_pipe(proc.stdin.fileno())
     target = _Target(proc)
     reader = threading.Thread(target=target.read, daemon=True)
     reader.start()
