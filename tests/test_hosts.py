@@ -35,7 +35,8 @@ def test_rig_hosts_are_separate_and_reachable_over_ssh(hosts):
 
 
 def _numbers(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()]
+    """The count in path: the first number of each line."""
+    return [int(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_process_moved_through_ssh_from_host_to_host_and_back(hosts, tmp_path):
@@ -87,10 +88,11 @@ def _start_counter(hosts, host: int, out: Path) -> int:
 
 
 def _migrate_argv(hosts, here: int, pid: int, dest: str, *extra: str,
-                  ssh: list[str] | None = None, remote: list[str] | None = None) -> list[str]:
-    """argv running `umig migrate --detach` on host `here`, with the rig's
-    ssh (or ssh) and this umig there (or remote)."""
-    cmd = umig_cmd("migrate", "--detach", str(pid), dest,
+                  ssh: list[str] | None = None, remote: list[str] | None = None,
+                  detach: bool = True) -> list[str]:
+    """argv running `umig migrate --detach` (or without) on host `here`,
+    with the rig's ssh (or ssh) and this umig there (or remote)."""
+    cmd = umig_cmd("migrate", *(["--detach"] if detach else []), str(pid), dest,
                    "--ssh", shlex.join(ssh or hosts.ssh_client()),
                    "--remote-umig", shlex.join(remote or umig_cmd()), *extra)
     return hosts.ssh(here, shlex.join(cmd))
@@ -100,39 +102,114 @@ def _migrate(hosts, here: int, pid: int, dest: str, *extra: str) -> subprocess.C
     return run(_migrate_argv(hosts, here, pid, dest, "-v", *extra))
 
 
-def test_migrate_moves_it_and_kills_the_source_only_once_it_runs_there(hosts, tmp_path):
-    """GIVEN python3 counting into a file on host 0
-    WHEN `umig migrate --detach PID root@host1` runs on host 0
-    THEN it prints the pid it has on host 1 (the same), the source is gone
-    from host 0, the count goes on from host 1, and the summary says how
-    long it was frozen; migrated back with --json, the summary is JSON, and
-    the count has no gap or repeat."""
+# counts, and every tenth line also prints a checksum of 8 MiB of random bytes
+CHECKSUMMER = ("import hashlib, itertools, os, time\n"
+               "blob = bytearray(os.urandom(8 << 20))\n"
+               "for i in itertools.count():\n"
+               "    print(i, hashlib.sha256(blob).hexdigest() if i % 10 == 0 else '', "
+               "flush=True)\n"
+               "    time.sleep(0.02)\n")
+
+
+def _counts_and_sums(path: Path) -> tuple[list[int], list[str]]:
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return [int(x[0]) for x in lines], [x[1] for x in lines if len(x) > 1]
+
+
+def test_migrate_moves_it_around_and_kills_each_source_only_once_it_runs_there(hosts,
+                                                                              tmp_path):
+    """GIVEN python3 on host 0 counting into a file and checksumming 8 MiB
+    of random memory
+    WHEN `umig migrate --detach PID root@hostN` moves it from host 0 to 1,
+    to 2 and back to 0
+    THEN after each hop it prints the pid it has there (the same), the
+    source is gone, the count goes on from the new host, and the summary
+    says how long it was frozen (on the last hop, --json); in the end the
+    count has no gap or repeat and every checksum is the first one."""
     out = tmp_path / "count"
-    pid = _start_counter(hosts, 0, out)
+    pid = _start(hosts, 0, f"python3 -c {shlex.quote(CHECKSUMMER)}", out)
     try:
-        r = _migrate(hosts, 0, pid, f"root@{hosts.hosts[1].addr}")
-        assert r.returncode == 0, r.stderr
-        assert int(r.stdout.split()[-1]) == pid
-        assert f"moved process {pid} to root@{hosts.hosts[1].addr}" in r.stderr
-        assert "frozen" in r.stderr and "MiB/s of memory" in r.stderr, r.stderr
-        gone = run(hosts.ssh(0, f"test -e /proc/{pid} && echo alive || echo gone"))
-        assert gone.stdout.strip() == "gone"
-        before = len(_numbers(out))
-        wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 1")
-        assert run(hosts.ssh(1, f"cat /proc/{pid}/comm")).stdout.strip() == "python3"
-        r = _migrate(hosts, 1, pid, f"root@{hosts.hosts[0].addr}", "--json")    # and back
-        assert r.returncode == 0, r.stderr
-        summary = json.loads(r.stdout)
-        assert summary["pid_there"] == pid and summary["host"] == f"root@{hosts.hosts[0].addr}"
-        assert summary["sent_bytes"] > 0 and summary["memory_bytes"] > 0
-        assert 0 < summary["frozen_ms"] < 60000
-        before = len(_numbers(out))
-        wait_for(lambda: len(_numbers(out)) > before + 10 or None, 10, "the count on host 0")
-        nums = _numbers(out)
+        for here, there in ((0, 1), (1, 2), (2, 0)):
+            dest = f"root@{hosts.hosts[there].addr}"
+            last = there == 0
+            r = _migrate(hosts, here, pid, dest, *(["--json"] if last else []))
+            assert r.returncode == 0, r.stderr
+            if last:
+                summary = json.loads(r.stdout)
+                assert summary["pid_there"] == pid and summary["host"] == dest
+                assert summary["sent_bytes"] > 0 and summary["memory_bytes"] >= 8 << 20
+                assert 0 < summary["frozen_ms"] < 60000
+            else:
+                assert int(r.stdout.split()[-1]) == pid
+                assert f"moved process {pid} to {dest}" in r.stderr
+                assert "frozen" in r.stderr and "MiB/s of memory" in r.stderr, r.stderr
+            gone = run(hosts.ssh(here, f"test -e /proc/{pid} && echo alive || echo gone"))
+            assert gone.stdout.strip() == "gone"
+            assert run(hosts.ssh(there, f"cat /proc/{pid}/comm")).stdout.strip() == "python3"
+            sums = len(_counts_and_sums(out)[1])
+            wait_for(lambda: len(_counts_and_sums(out)[1]) >= sums + 2 or None, 10,
+                     f"checksums from host {there}")
+        nums, sums = _counts_and_sums(out)
         assert nums == list(range(len(nums))), f"a gap or a repeat: ...{nums[-20:]}"
+        assert len(sums) >= 8 and set(sums) == {sums[0]}, sums
     finally:
         for h in range(3):
             run(hosts.ssh(h, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def test_migrate_carries_the_output_back_and_exits_with_its_status(hosts, tmp_path):
+    """GIVEN python3 on host 0 counting to 300 into a pipe (read by cat,
+    outside it) and then exiting with status 3
+    WHEN `umig migrate PID root@host1` (no --detach) moves it
+    THEN the rest of the count comes out of migrate's stdout (carried back
+    by ssh from the stdout of umig resume on host 1), with what cat got
+    before it makes 0..300 with no gap or repeat, and migrate exits 3."""
+    out = tmp_path / "count"
+    pidfile = tmp_path / "pid"
+    to_100 = ("import os, sys, time\n"
+              f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+              "for i in range(301):\n"
+              "    print(i, flush=True)\n"
+              "    time.sleep(0.02)\n"
+              "sys.exit(3)\n")
+    r = run(hosts.ssh(0, f"cd {shlex.quote(str(tmp_path))}; (setsid python3 -c "
+                         f"{shlex.quote(to_100)} < /dev/null 2>/dev/null | cat > "
+                         f"{shlex.quote(str(out))}) > /dev/null 2>&1 &"))
+    assert r.returncode == 0, r.stderr
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 10, "its pid"))
+    wait_for(lambda: out.exists() and len(_numbers(out)) >= 5 or None, 10, "the count")
+    try:
+        r = run(_migrate_argv(hosts, 0, pid, f"root@{hosts.hosts[1].addr}", detach=False))
+        assert r.returncode == 3, r.stderr
+        here = _numbers(out)
+        there = [int(x) for x in r.stdout.split()]
+        assert here and there, (here, there)
+        assert here + there == list(range(301)), (here[-3:], there[:3])
+    finally:
+        for h in range(2):
+            run(hosts.ssh(h, f"kill -9 {pid} 2>/dev/null; true"))
+
+
+def test_probe_names_cpu_features_the_target_lacks(hosts, procs):
+    """GIVEN the description of a process whose XSAVE state used features
+    this machine lacks (AVX-512 or AMX state in its XCR0, with the flags)
+    WHEN host 1's `umig probe` checks it, as migrate does before freezing
+    THEN the cpu check fails naming each of those features, and the other
+    checks still answer."""
+    from umig import cpu, probe
+    p = procs.start(["sleep", "60"])
+    want = probe.describe(p.pid)
+    absent = [b for b in (5, 6, 7, 17, 18) if not cpu.xcr0() >> b & 1]
+    assert absent, "this CPU has AVX-512 and AMX state: no feature to be missing"
+    want["header"]["xcr0"] |= sum(1 << b for b in absent)
+    r = subprocess.run(hosts.ssh(1, shlex.join(umig_cmd("probe"))), input=json.dumps(want),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    checks = {c["check"]: c for c in json.loads(r.stdout)}
+    assert not checks["cpu"]["ok"], checks["cpu"]
+    for b in absent:
+        assert cpu.XFEATURES[b] in checks["cpu"]["detail"], checks["cpu"]
+    assert {"umig", "files", "pids"} <= set(checks)
 
 
 def test_migrate_failures_leave_the_source_counting(hosts, tmp_path):
