@@ -211,6 +211,19 @@ def procs():
         p.cleanup()
 
 
+@pytest.fixture
+def counter(victim, procs, tmp_path):
+    """start(ballast_mib): the C counter (one line per 20 ms into a file, with
+    that much random memory); returns (Popen, its output file)."""
+
+    def start(ballast_mib: int = 0):
+        out = tmp_path / "count.out"
+        p = procs.start([victim("counter"), "20000", str(ballast_mib)], stdout=out.open("w"))
+        wait_lines(out, 3, timeout=30)
+        return p, out
+    return start
+
+
 def wait_for(pred, timeout: float = 10.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

@@ -13,23 +13,12 @@ import struct
 import subprocess
 import termios
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import assert_counting, read_lines, run_umig, umig_cmd, wait_for, wait_lines
 from test_grab_failures import assert_still_counting
 from umig.errors import Exit
-
-
-@pytest.fixture
-def counter(victim, procs, tmp_path):
-    def start(ballast_mib: int = 0):
-        out = tmp_path / "count.out"
-        p = procs.start([victim("counter"), "20000", str(ballast_mib)], stdout=out.open("w"))
-        wait_lines(out, 3, timeout=30)
-        return p, out
-    return start
 
 
 def test_checkpoint_to_file_kills_only_after_the_image_is_whole(counter, procs, tmp_path):

@@ -39,16 +39,6 @@ def assert_still_counting(out: Path, pid: int) -> None:
     assert nums == list(range(len(nums)))
 
 
-@pytest.fixture
-def counter(victim, procs, tmp_path):
-    def start(ballast_mib: int = 0):
-        out = tmp_path / "count.out"
-        p = procs.start([victim("counter"), "20000", str(ballast_mib)], stdout=out.open("w"))
-        wait_lines(out, 3, timeout=30)
-        return p, out
-    return start
-
-
 def test_no_such_pid(procs):
     """GIVEN a pid nobody has WHEN grabbed THEN one line says so, exit NO_PROCESS."""
     r = run_umig("grab", "-o", "/dev/null", "4000000")

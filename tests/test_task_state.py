@@ -4,13 +4,11 @@ the process before the grab is what they show of the resumed one."""
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from conftest import read_lines, readline, run_umig, umig_cmd, wait_lines
+from conftest import readline, run_umig, umig_cmd
 from umig import native, tracing
 
 TASK = r"""

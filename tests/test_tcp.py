@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_lines, run_umig, wait_for, wait_lines
+from conftest import run_umig, wait_for, wait_lines
 
 VICTIMS = Path(__file__).parent / "victims"
 
@@ -54,9 +54,11 @@ def _clients(procs, tmp_path, port: int, n: int) -> list:
 def _results(clients) -> list[str]:
     for p, _ in clients:
         p.send_signal(signal.SIGUSR1)
-    return [wait_for(lambda: next((x for x in read_lines(path)
-                                   if x.startswith(("PASS", "FAIL"))), None), 40,
-                     f"client {p.pid} to finish") for p, path in clients]
+    def said(path: Path) -> str | None:
+        whole = path.read_text().split("\n")[:-1]      # lines still being written: not yet
+        return next((x for x in whole if x.startswith(("PASS", "FAIL"))), None)
+    return [wait_for(lambda: said(path), 40, f"client {p.pid} to finish")
+            for p, path in clients]
 
 
 @pytest.mark.parametrize("finish", ["kill", "leave-running"])

@@ -10,7 +10,6 @@ import select
 import shlex
 import signal
 import struct
-import subprocess
 import sys
 import termios
 import time

@@ -25,6 +25,9 @@ if child == 0:
         os.dup2(slave, n)
     os.close(master)
     os.close(slave)
+    # a shell started in the background (the test suite, say, from a
+    # script's `&`) ignores SIGINT, and sh would keep that: Ctrl-C is the test
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execvp("sh", ["sh", "-c", 'while read l; do echo "got:$l"; stty size; done'])
 os.close(slave)
 seen = b""
@@ -63,4 +66,14 @@ while time.monotonic() < deadline:
         break
     time.sleep(0.02)
 else:
-    print("FAIL Ctrl-C did not reach sh", flush=True)
+    try:                       # what sh and its terminal look like, for the report
+        stat = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()
+        sigs = {k: v.strip() for k, v in (line.split(":", 1) for line in
+                open(f"/proc/{child}/status")) if k in ("SigBlk", "SigIgn", "SigCgt",
+                                                        "SigPnd", "ShdPnd")}
+        fg = struct.unpack("i", fcntl.ioctl(master, termios.TIOCGPGRP, b"\0" * 4))[0]
+        why = (f"state {stat[0]} pgrp {stat[2]} sid {stat[3]} tty_nr {stat[4]} tpgid "
+               f"{stat[5]}, the terminal's foreground group {fg}, {sigs}")
+    except OSError as e:
+        why = str(e)
+    print(f"FAIL Ctrl-C did not reach sh: {why}", flush=True)
