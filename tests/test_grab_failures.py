@@ -304,3 +304,33 @@ def test_external_pipe_watched_by_epoll_is_refused_even_with_devnull(procs, tmp_
         assert p.poll() is None and tracer(p.pid) == 0
     finally:
         os.close(w5)
+
+
+@pytest.mark.parametrize("kind", ["stream", "dgram"])
+def test_fds_in_flight_on_a_socketpair_are_refused_by_name(procs, tmp_path, kind):
+    """GIVEN python3 holding both ends of a unix socketpair, with a message
+    carrying an fd (SCM_RIGHTS) sent on one end and not yet received
+    WHEN grabbed THEN refused (exit 67) naming the fd that has them in flight
+    and saying what to do; the message is still there (peeking did not take
+    it), and the process runs on, untraced."""
+    code = ("import os, signal, socket, time\n"
+            f"a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_{kind.upper()})\n"
+            "r, w = os.pipe()\n"
+            "socket.send_fds(a, [b'x'], [w])\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\n"
+            "print('ready', b.fileno(), flush=True)\n"
+            "signal.sigwait([signal.SIGUSR1])\n"
+            "msg, fds, _, _ = socket.recv_fds(b, 10, 4)\n"
+            "print('got', msg.decode(), len(fds), flush=True)\n")
+    p = procs.start([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    ready = p.stdout.readline().split()
+    assert ready[0] == b"ready"
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
+    msg = r.stderr.decode()
+    assert r.returncode == Exit.REFUSED, msg
+    assert f"process {p.pid} fd {int(ready[1])} is a socket" in msg, msg
+    assert "descriptors or credentials in flight" in msg and "read them first" in msg, msg
+    assert not (tmp_path / "img").exists()
+    assert p.poll() is None and tracer(p.pid) == 0
+    p.send_signal(signal.SIGUSR1)
+    assert p.stdout.readline() == b"got x 1\n"

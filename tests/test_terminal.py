@@ -84,7 +84,8 @@ def test_raw_mode_program_resumes_in_another_terminal_as_a_shell_job(procs, tmp_
     """GIVEN python3 in terminal A (37x111) that put it in raw mode
     WHEN grabbed, and resumed by `umig resume` typed into an interactive
     bash in terminal B (24x80, cooked)
-    THEN it runs with terminal B in raw mode and 37x111 (it checks: PASS);
+    THEN it runs with terminal B in raw mode and 37x111 (it checks: PASS),
+    and the /dev/tty it holds open writes to terminal B;
     once it sets its terminal back to cooked, Ctrl-Z stops it and bash
     reports the job stopped and takes commands, and fg makes it count on;
     when it ends, terminal B has its own window size back."""
@@ -119,6 +120,7 @@ def test_raw_mode_program_resumes_in_another_terminal_as_a_shell_job(procs, tmp_
         wait_for(lambda: "cooked" in read_lines(log) or None, 20, "the check")
         assert [x for x in read_lines(log) if x.startswith(("PASS", "FAIL"))] == ["PASS"], \
             read_lines(log)
+        screen.wait(b"[via /dev/tty]")          # its /dev/tty fd is terminal B now
 
         screen.type(b"\x1a")                                # Ctrl-Z
         screen.wait(b"Stopped")
