@@ -122,11 +122,13 @@ def test_socketpairs_keep_queued_bytes_shutdowns_and_ends(procs, tmp_path):
 
 def test_tcp_listener_and_udp_socket_keep_address_port_and_options(procs, tmp_path):
     """GIVEN python3 blocked in accept() on a TCP listener (SO_REUSEADDR,
-    TCP_NODELAY) and holding a bound UDP socket
+    TCP_NODELAY) and holding a bound UDP socket and a UDP socket connected
+    to it
     WHEN grabbed and resumed
     THEN a client connecting to the same port is accepted and served, a
-    datagram to the same UDP port is answered, and the options are set:
-    PASS."""
+    datagram to the same UDP port is answered, the options are set, and the
+    connected socket reaches the bound one from its own port and gets its
+    answer: PASS."""
     import socket
     out = tmp_path / "out"
     script = Path(__file__).parent / "victims" / "listener.py"
