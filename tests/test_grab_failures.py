@@ -226,12 +226,29 @@ KINDS_REFUSED = {
     "io_uring": ("import ctypes\nparams = ctypes.create_string_buffer(120)\n"
                  "s = ctypes.CDLL(None).syscall(425, 4, params)\nassert s == 3, s",
                  "an io_uring instance (anon_inode:[io_uring])"),
+    # a software counter (PERF_TYPE_SOFTWARE, cpu clock) of the process itself
+    "perf": ("import ctypes, struct\n"
+             "attr = ctypes.create_string_buffer(struct.pack('<IIQ', 1, 128, 0) + bytes(112))\n"
+             "s = ctypes.CDLL(None).syscall(298, attr, 0, -1, -1, 0)\nassert s == 3, s",
+             "a perf event (anon_inode:[perf_event])"),
+    # BPF_MAP_CREATE of a one-entry array
+    "bpf": ("import ctypes, struct\n"
+            "attr = ctypes.create_string_buffer(struct.pack('<IIII', 2, 4, 4, 1) + bytes(112))\n"
+            "s = ctypes.CDLL(None).syscall(321, 0, attr, 128)\nassert s == 3, s",
+            "a BPF map (anon_inode:bpf-map)"),
+    "packet": ("import socket\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)",
+               "a packet socket"),
+    "userfaultfd": ("import ctypes, os\ns = ctypes.CDLL(None).syscall(323, os.O_CLOEXEC)\n"
+                    "assert s == 3, s", "a userfaultfd (anon_inode:[userfaultfd])"),
+    "device": ("import os\ns = os.open('/dev/kmsg', os.O_RDONLY)", "device /dev/kmsg (1:11)"),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS_REFUSED))
 def test_fd_kinds_umig_cannot_move_are_refused_by_name(procs, tmp_path, kind):
-    """GIVEN python3 holding a netlink socket, a pidfd, a fanotify group or an io_uring
+    """GIVEN python3 holding a netlink or packet socket, a pidfd, a fanotify
+    group, an io_uring, a perf event, a BPF map, a userfaultfd or a device
+    umig does not know (/dev/kmsg)
     WHEN grabbed THEN refused naming the fd and what it is; it runs on."""
     setup, name = KINDS_REFUSED[kind]
     code = f"{setup}\nimport time\nprint('ready', flush=True)\ntime.sleep(60)"
