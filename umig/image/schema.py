@@ -43,11 +43,6 @@ def _packed(run: list[tuple[str, str]]) -> tuple[tuple[str, ...], struct.Struct]
     return tuple(n for n, _ in run), struct.Struct("<" + "".join(c for _, c in run))
 
 
-def _put_bytes(out: bytearray, b) -> None:
-    out += _U32.pack(len(b))
-    out += b
-
-
 @dataclass(frozen=True)
 class Record:
     tag: int
@@ -59,33 +54,36 @@ class Record:
 
     # -- encoding --------------------------------------------------------
     def encode(self, values: dict) -> bytes:
-        out = bytearray()
-        for step in self._steps():
-            step(out, values)
-        return bytes(out)
+        return self._encoder()(values)
 
-    def _steps(self) -> list:
-        """encode() compiled once per kind: runs of fixed-width fields packed
-        by one struct each (10,000 FD records are written while frozen)."""
-        steps = self._item_structs.get("__steps__")
-        if steps is not None:
-            return steps
-        steps = []
-        for f, names, st in self._runs():
+    def _encoder(self):
+        """encode() compiled once per kind into one Python function: a
+        struct per run of fixed-width fields, strings and bytes inline, the
+        rest through _encode_field (10,000 FD records are encoded while the
+        process is frozen: 2 us each instead of 6)."""
+        enc = self._item_structs.get("__encoder__")
+        if enc is not None:
+            return enc
+        env = {"U32": _U32, "record": self}
+        lines = ["def encode(v):", "    out = []"]
+        for i, (f, names, st) in enumerate(self._runs()):
             if f is None:
-                steps.append(lambda out, v, names=names, st=st:
-                             out.extend(st.pack(*[v[n] for n in names])))
-                continue
-            t = f.type
-            if t == "str":
-                steps.append(lambda out, v, n=f.name: _put_bytes(
-                    out, v[n].encode("utf-8", "surrogateescape")))
-            elif t == "bytes":
-                steps.append(lambda out, v, n=f.name: _put_bytes(out, v[n]))
+                env[f"S{i}"] = st
+                lines.append(f"    out.append(S{i}.pack("
+                             + "".join(f"v[{n!r}], " for n in names) + "))")
+            elif f.type in ("str", "bytes"):
+                conv = ".encode('utf-8', 'surrogateescape')" if f.type == "str" else ""
+                lines += [f"    b = v[{f.name!r}]{conv}",
+                          "    out.append(U32.pack(len(b)))", "    out.append(b)"]
             else:
-                steps.append(lambda out, v, f=f: self._encode_field(out, f, v[f.name]))
-        self._item_structs["__steps__"] = steps
-        return steps
+                env[f"F{i}"] = f
+                lines += ["    b = bytearray()",
+                          f"    record._encode_field(b, F{i}, v[{f.name!r}])",
+                          "    out.append(b)"]
+        lines.append("    return b''.join(out)")
+        exec("\n".join(lines), env)      # noqa: S102 - our own schema, not input
+        enc = self._item_structs["__encoder__"] = env["encode"]
+        return enc
 
     def _runs(self):
         """The fields as the compiled coders take them: (None, names, Struct)

@@ -55,6 +55,7 @@ class ImageWriter:
         self._digest = hashlib.sha256()
         self._held: list = []          # small records not written yet (one writev for many)
         self._held_len = 0
+        self._heads = bytearray()      # their frame heads and checksums, for the digest
         self._write([schema.MAGIC, struct.pack("<II", version, 0)])
 
     def _write(self, parts: list) -> None:
@@ -88,6 +89,9 @@ class ImageWriter:
     def flush(self) -> None:
         """Write the records held back (before anything else is written,
         and at the end)."""
+        if self._heads:
+            self._digest.update(self._heads)
+            self._heads = bytearray()
         held, self._held, self._held_len = self._held, [], 0
         for i in range(0, len(held), 512):       # writev takes at most 1024 pieces
             self._write(held[i:i + 512])
@@ -98,9 +102,11 @@ class ImageWriter:
         if len(payload) < SMALL_RECORD:
             # the many small state records (10,000 FD records with 10,000
             # fds): one checksum call and no list work each
-            framed = FRAME.pack(rec.tag, flags, len(payload)) + payload
+            head = FRAME.pack(rec.tag, flags, len(payload))
+            framed = head + payload
             crc = CRC.pack(lib.umig_crc32c(0, framed, len(framed)))
-            self._digest.update(framed[:FRAME.size] + crc)
+            self._heads += head       # the digest takes them in one go, at flush()
+            self._heads += crc
             self.records += 1
             self._held.append(framed + crc)
             self._held_len += len(framed) + CRC.size
@@ -124,6 +130,7 @@ class ImageWriter:
 
     def finish(self) -> None:
         """Write the trailer; fsync if the image is a regular file."""
+        self.flush()
         values = {"records": self.records, "page_records": self.page_records,
                   "pages": self.pages, "data_bytes": self.data_bytes,
                   "digest": self._digest.digest()}
