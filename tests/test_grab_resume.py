@@ -376,3 +376,23 @@ def test_memory_written_while_it_is_pre_read_is_taken_as_frozen(victim, procs, t
     rpid = resume_detached(img, procs)
     os.kill(rpid, signal.SIGUSR1)
     assert wait_lines(out, 2, timeout=20)[1] == "PASS"
+
+
+def test_memory_dropped_while_it_is_pre_read_reads_as_zeros_after_resume(victim, procs,
+                                                                          tmp_path):
+    """GIVEN the churning process of the test above, which also drops a page
+    of its cold part (MADV_DONTNEED) every 2000 rewrites
+    WHEN it is grabbed with pre-reading and resumed
+    THEN the dropped pages read as zeros and the counters of the rest sum to
+    its total: a cold chunk read before one of its pages was dropped is not
+    kept (the page is no longer present, though not "written")."""
+    out = tmp_path / "out"
+    src = procs.start([victim("churn"), "zap"], stdout=out.open("w"))
+    assert wait_lines(out, 1, timeout=20)[0] == "ready"
+    img = tmp_path / "img"
+    r = grab(src.pid, img, "-v", "--preread", "on")
+    src.wait(timeout=5)
+    assert re.search(r"(\d+) pre-read chunks kept", r.stderr.decode()), r.stderr.decode()
+    rpid = resume_detached(img, procs)
+    os.kill(rpid, signal.SIGUSR1)
+    assert wait_lines(out, 2, timeout=20)[1] == "PASS"

@@ -5,7 +5,8 @@ Without soft-dirty (absent on this kernel) writes are tracked with
 userfaultfd in asynchronous write-protect mode (KERNEL-NOTES.md, "Dirty
 tracking without soft-dirty"): a `userfaultfd()` injected into the process
 is taken with pidfd_getfd and closed there again; from here its private
-VMAs are registered for write-protection and protected.  The process never
+VMAs are registered for write-protection and their present pages
+protected.  The process never
 blocks on it (WP_ASYNC: the kernel resolves the fault and clears the
 page's protection bit), and PAGEMAP_SCAN reports the pages whose bit is
 gone as WRITTEN.  Closing the fd ends the registration, so a umig that dies
@@ -17,7 +18,7 @@ after the freeze in place of the chunks grab would have read then.  A
 cached chunk is used only if it lists exactly the same pages as the chunk
 grab makes at the freeze, every one of them lies in a VMA still registered
 (munmap, a new mmap and mremap all drop the registration) and none was
-written since it was protected.  Anything else is read again, frozen.
+written, swapped out or dropped since it was protected.  Anything else is read again, frozen.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ UFFD_API = 0xAA
 UFFD_FEATURE_WP_ASYNC = 1 << 15
 UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP = 2, 1
 CAT_WRITTEN = 2
+CAT_SWAPPED = 16     # also a uffd-wp marker where a protected page was dropped
 
 
 def _iowr(nr: int, size: int) -> int:
@@ -73,10 +75,19 @@ class Tracker:
         finally:
             inj.syscall(NR_close, r)
 
-    def protect(self, vmas: list[dict]) -> None:
-        """Register and write-protect every private VMA with pages of its own."""
+    def protect(self, vmas: list[dict], ranges: list[tuple[int, int, int]]) -> None:
+        """Register every private VMA with pages of its own, and write-protect
+        the pages in `ranges` (addr, npages, flags), those present.  Only
+        those: protecting a whole VMA leaves a marker in every empty page
+        table entry, which PAGEMAP_SCAN reports as a swapped page, and which
+        reading turns into the zero page; the pages of a chunk would then
+        differ between the pre-read and the freeze and no chunk be kept
+        (docs/kernel-findings.md).  A page that appears later is not
+        protected: it shows as written, and its chunk lists another page set
+        anyway."""
         buf = bytearray(struct.pack("<QQQ", UFFD_API, UFFD_FEATURE_WP_ASYNC, 0))
         fcntl.ioctl(self.uffd, UFFDIO_API, buf)
+        starts = [r[0] for r in ranges]
         for v in vmas:
             if v["flags"] & schema.VMA_SHARED or v["content"] == schema.CONTENT_NONE:
                 continue
@@ -85,9 +96,13 @@ class Tracker:
                 fcntl.ioctl(self.uffd, UFFDIO_REGISTER,
                             bytearray(struct.pack("<QQQQ", start, length,
                                                   UFFDIO_REGISTER_MODE_WP, 0)))
-                fcntl.ioctl(self.uffd, UFFDIO_WRITEPROTECT,
-                            bytearray(struct.pack("<QQQ", start, length,
-                                                  UFFDIO_WRITEPROTECT_MODE_WP)))
+                i = bisect.bisect_left(starts, start)
+                while i < len(ranges) and ranges[i][0] < v["end"]:
+                    addr, npages, _ = ranges[i]
+                    fcntl.ioctl(self.uffd, UFFDIO_WRITEPROTECT,
+                                bytearray(struct.pack("<QQQ", addr, npages * PAGE,
+                                                      UFFDIO_WRITEPROTECT_MODE_WP)))
+                    i += 1
             except OSError:
                 continue              # this VMA is not tracked: read at the freeze
             self.spans.append((v["start"], v["end"]))
@@ -102,8 +117,10 @@ class Tracker:
         walk_end = ffi.new("uint64_t *")
         for start, end in tracked:
             while start < end:
-                n = lib.umig_scan(pagemapfd, start, end, CAT_WRITTEN, CAT_WRITTEN, vec, cap,
-                                  walk_end)
+                # written, or no longer in memory (swapped out, or dropped by
+                # MADV_DONTNEED: what is left may be a marker, not a write)
+                n = lib.umig_scan(pagemapfd, start, end, CAT_WRITTEN | CAT_SWAPPED,
+                                  CAT_WRITTEN | CAT_SWAPPED, vec, cap, walk_end)
                 if n < 0:
                     return Unchanged([], [])      # cannot tell: trust nothing
                 written += [(vec[i].start, vec[i].end) for i in range(n)]
@@ -140,7 +157,8 @@ class Cache:
 
     def __init__(self, budget: int = BUDGET):
         self.budget = budget
-        self.used = 0
+        self.used = 0                  # bytes the kept chunks take (compressed)
+        self.covered = 0               # bytes of memory they cover
         self.chunks: dict[tuple, tuple[PageChunk, int]] = {}
         self.reused = 0
         self.reread = 0
@@ -153,6 +171,7 @@ class Cache:
         owned = PageChunk(pc.head, [bytes(p) for p in pc.parts], pc.crc, pc.npages)
         self.chunks[_key(chunk)] = (owned, pages)
         self.used += sum(len(p) for p in owned.parts)
+        self.covered += pc.npages * PAGE
 
     def take(self, chunk, unchanged: Unchanged) -> tuple[PageChunk, int] | None:
         hit = self.chunks.pop(_key(chunk), None)
