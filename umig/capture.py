@@ -152,7 +152,7 @@ def _state(pid: int) -> str:
         return "X"
 
 
-def _descendants(pid: int) -> tuple[list[int], list[int]]:
+def descendants(pid: int) -> tuple[list[int], list[int]]:
     """(live, zombies): every process below pid, parents before children."""
     live: list[int] = []
     zombies: list[int] = []
@@ -264,7 +264,7 @@ class Freezer:
     def _tasks(self) -> list[int]:
         """Every thread of every process to freeze, as /proc shows them now."""
         if self.tree:
-            live, self.zombies = _descendants(self.pid)
+            live, self.zombies = descendants(self.pid)
             self.members = [self.pid] + live
         out: list[int] = []
         for p in self.members:
@@ -1112,7 +1112,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     if tree:
         # memory the members share is one: Pss counts it once over them all
         rss_kb = _pss_kb(pid)
-        for c in _descendants(pid)[0]:
+        for c in descendants(pid)[0]:
             try:
                 _refuse_early(c, True)
                 rss_kb += _pss_kb(c)

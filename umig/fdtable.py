@@ -1938,6 +1938,13 @@ def _describe_each(pid: int, infos, max_contents: int, tcp) -> list[dict]:
     return out
 
 
+def write_all(fd: int, data) -> None:
+    """Write all of data to fd (a pipe or file takes it in pieces)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class ResumeFds:
     """The resuming side: recreates every fd in the resuming process, above
     `base` so that none collides with a target number."""
@@ -2085,10 +2092,7 @@ class ResumeFds:
             raise EnvironmentProblem(f"fd {fd}: cannot make a pipe of {rec['size']} bytes "
                                      f"like pipe:[{ino}]: {e.strerror}", fd=fd,
                                      hint="raise /proc/sys/fs/pipe-max-size") from None
-        if rec["data"]:
-            view = memoryview(rec["data"])
-            while view:
-                view = view[os.write(ends[1], view):]
+        write_all(ends[1], rec["data"])
         # an end nobody held is closed: readers see EOF after the data,
         # writers EPIPE (older images hold both ends: ends = 0 means both)
         have = rec.get("ends") or PIPE_READ | PIPE_WRITE
@@ -2113,9 +2117,7 @@ class ResumeFds:
         except OSError:
             made = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | O_CLOEXEC, mode & 0o7777)
         tmp = self.deleted[key] = self.keep(made)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(tmp, view):]
+        write_all(tmp, data)
         return tmp
 
     def tcp_go(self) -> list[str]:

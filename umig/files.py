@@ -12,6 +12,7 @@ import stat
 
 import lz4.block
 
+from . import fdtable
 from .errors import EnvironmentProblem, Refused
 from .image import schema
 
@@ -242,9 +243,7 @@ def create(files: list[dict]) -> list[str]:
             fd = os.open(f["path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          stat.S_IMODE(f["mode"]))
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                fdtable.write_all(fd, data)
                 if os.geteuid() == 0:
                     os.fchown(fd, f["uid"], f["gid"])
                 os.fchmod(fd, stat.S_IMODE(f["mode"]))

@@ -6,10 +6,9 @@ userfaultfd in asynchronous write-protect mode (KERNEL-NOTES.md, "Dirty
 tracking without soft-dirty"): a `userfaultfd()` injected into the process
 is taken with pidfd_getfd and closed there again; from here its private
 VMAs are registered for write-protection and their present pages
-protected.  The process never
-blocks on it (WP_ASYNC: the kernel resolves the fault and clears the
-page's protection bit), and PAGEMAP_SCAN reports the pages whose bit is
-gone as WRITTEN.  Closing the fd ends the registration, so a umig that dies
+protected.  The process never blocks on it (WP_ASYNC: the kernel resolves
+the fault and clears the page's protection bit), and PAGEMAP_SCAN reports
+the pages whose bit is gone as WRITTEN.  Closing the fd ends the registration, so a umig that dies
 leaves nothing behind.
 
 The image format does not change: the state records still come first, so
@@ -18,7 +17,8 @@ after the freeze in place of the chunks grab would have read then.  A
 cached chunk is used only if it lists exactly the same pages as the chunk
 grab makes at the freeze, every one of them lies in a VMA still registered
 (munmap, a new mmap and mremap all drop the registration) and none was
-written, swapped out or dropped since it was protected.  Anything else is read again, frozen.
+written, swapped out or dropped since it was protected.  Anything else is
+read again, frozen.
 """
 
 from __future__ import annotations

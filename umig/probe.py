@@ -20,14 +20,14 @@ def describe(pid: int, ship_files: bool = False, tree: bool = False) -> dict:
     so a missing one is no problem there (a different one still is).  tree:
     the pids and tids of its descendants must be free there too (their
     files are checked by resume)."""
-    from .capture import _descendants, header_record
+    from .capture import descendants, header_record
     try:
         maps = procfs.parse_maps(procfs.read(pid, "maps"))
         tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     except (OSError, UmigError) as e:
         raise UmigError(f"cannot look at process {pid}: {e}", pid=pid) from None
     if tree:
-        kids, zombies = _descendants(pid)
+        kids, zombies = descendants(pid)
         for k in kids:
             try:
                 tids += [int(t) for t in os.listdir(f"/proc/{k}/task")]

@@ -17,28 +17,30 @@ for t, (a, b) in pairs.items():
     for m in back:
         b.send(m)
     sent[t] = (there, back)
+
+
+def drain(s: socket.socket) -> list[bytes]:
+    """Every message queued on s, in order (s is left non-blocking)."""
+    s.setblocking(False)
+    got = []
+    try:
+        while True:
+            got.append(s.recv(65536))
+    except BlockingIOError:
+        pass
+    return got
+
+
 wait = usr1.arm()
 print("ready", flush=True)
 wait()
 bad = []
 for t, (a, b) in pairs.items():
     there, back = sent[t]
-    a.setblocking(False)
-    b.setblocking(False)
-    got = []
-    try:
-        while True:
-            got.append(b.recv(65536))
-    except BlockingIOError:
-        pass
+    got = drain(b)
     if got != there:
         bad.append(f"{t.name} one way: {[len(m) for m in got]}")
-    got = []
-    try:
-        while True:
-            got.append(a.recv(65536))
-    except BlockingIOError:
-        pass
+    got = drain(a)
     if got != back:
         bad.append(f"{t.name} back: {[len(m) for m in got]}")
     a.send(b"again")

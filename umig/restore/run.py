@@ -18,8 +18,8 @@ go only when the image verified to its trailer.
 
 from __future__ import annotations
 
-import json
 import collections
+import json
 import os
 import resource
 import signal
