@@ -43,7 +43,7 @@ def proc_floor(pid: int) -> float:
     best = None
     for _ in range(3):
         t = time.perf_counter()
-        used = lib.umig_fd_scan(pid, arr, len(fds), out, text, textlen)
+        used = lib.umig_fd_scan(pid, -1, arr, len(fds), out, text, textlen)
         dt = time.perf_counter() - t
         if used < 0:
             raise OSError(-used, os.strerror(-used))

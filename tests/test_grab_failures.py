@@ -261,6 +261,34 @@ def test_fd_kinds_umig_cannot_move_are_refused_by_name(procs, tmp_path, kind):
     assert p.poll() is None and tracer(p.pid) == 0
 
 
+LOST_IF_MOVED = {
+    "udp": ("u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "u.bind(('127.0.0.1', 0))\nu.sendto(b'unread', u.getsockname())",
+            "a UDP socket with datagrams queued", "let the program read them first"),
+    "listener": ("s = socket.socket(socket.AF_INET6)\ns.bind(('::1', 0))\ns.listen(4)\n"
+                 "c = socket.create_connection(('::1', s.getsockname()[1]))\n"
+                 "os.dup2(s.fileno(), 3)",
+                 "a TCP listener on ::1:", "once they are accepted"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOST_IF_MOVED))
+def test_sockets_whose_queue_would_be_lost_are_refused_by_name(procs, tmp_path, kind):
+    """GIVEN python3 holding a bound UDP socket with a datagram it has not
+    read, or an IPv6 TCP listener with a connection it has not accepted
+    WHEN grabbed THEN refused (exit 67) naming fd 3, its address and what
+    would be lost; it runs on, untraced."""
+    setup, what, hint = LOST_IF_MOVED[kind]
+    code = f"import os, socket, time\n{setup}\nprint('ready', flush=True)\ntime.sleep(60)"
+    p = procs.start([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    r = run_umig("grab", "-o", str(tmp_path / "img"), str(p.pid))
+    msg = r.stderr.decode()
+    assert r.returncode == Exit.REFUSED, msg
+    assert f"process {p.pid} fd 3 is a socket" in msg and what in msg and hint in msg, msg
+    assert p.poll() is None and tracer(p.pid) == 0
+
+
 @pytest.mark.parametrize("how", ["socketpair", "connected"])
 def test_unix_socket_connected_outside_is_refused_by_name(procs, tmp_path, how):
     """GIVEN python3 holding a unix stream socket whose peer this test holds

@@ -48,6 +48,7 @@ class FdInfo:
     diag: dict | None = None   # a unix socket's sock_diag answer
     tcp: object = None         # tcprepair.Taken with --tcp-established, else None
     owner: int = 0             # the pid whose fd it is
+    probe: object = None       # a socket's or pipe's struct umig_fdprobe, if the scan read it
 
     @functools.cached_property
     def fdinfo(self) -> dict:
@@ -118,17 +119,49 @@ def take_fd(pid: int, fd: int) -> int:
     description, to look at without changing the process.  The pidfd is
     kept while a grab describes the process (pidfds(), closed after)."""
     from .native import syscall
-    pidfd = _pidfds.get(pid) if _pidfds is not None else None
-    if pidfd is not None:
+    with _pidfd(pid) as pidfd:
         return syscall(NR_pidfd_getfd, pidfd, fd, 0)
+
+
+def _kept_pidfd(pid: int) -> int | None:
+    """The pidfd of pid that pidfds() keeps (opened now if need be), or
+    None outside pidfds()."""
+    if _pidfds is None:
+        return None
+    if pid not in _pidfds:
+        _pidfds[pid] = os.pidfd_open(pid)
+    return _pidfds[pid]
+
+
+@contextlib.contextmanager
+def _pidfd(pid: int):
+    """A pidfd of pid: the one pidfds() keeps, or one for this use only."""
+    kept = _kept_pidfd(pid)
+    if kept is not None:
+        yield kept
+        return
     pidfd = os.pidfd_open(pid)
-    if _pidfds is not None:
-        _pidfds[pid] = pidfd
-        return syscall(NR_pidfd_getfd, pidfd, fd, 0)
     try:
-        return syscall(NR_pidfd_getfd, pidfd, fd, 0)
+        yield pidfd
     finally:
         os.close(pidfd)
+
+
+def probe(pid: int, info: FdInfo, sock: bool):
+    """The struct umig_fdprobe of info's socket or pipe: the one the scan
+    read, or read now (the same native call); raises what stopped it."""
+    from .native import ffi, lib
+    p = info.probe
+    if p is None:
+        p = ffi.new("struct umig_fdprobe *")
+        with _pidfd(pid) as pidfd:
+            lib.umig_fd_probe(pidfd, info.fd, 1 if sock else 0, p)
+        info.probe = p
+    if p.err:
+        raise from_oserror(OSError(p.err, os.strerror(p.err)),
+                           f"looking at process {pid} fd {info.fd} ({info.target})",
+                           pid=pid, fd=info.fd)
+    return p
 
 
 _pidfds: dict[int, int] | None = None
@@ -482,6 +515,14 @@ class Pipe(FdKind):
     @classmethod
     def matches(cls, info: FdInfo) -> bool:
         return stat.S_ISFIFO(info.st.st_mode) and info.target.startswith("pipe:")
+
+    @classmethod
+    def describe(cls, pid: int, info: FdInfo) -> dict:
+        rec = super().describe(pid, info)
+        if info.probe is not None and not info.probe.err:
+            # capacity and bytes in it, for pipe_records (taken out there)
+            rec["_pipe"] = (info.probe.pipe_size, info.probe.queued)
+        return rec
 
     @classmethod
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
@@ -1306,6 +1347,26 @@ def _tcp_queue(ino: int) -> int | None:
     return None
 
 
+def _inet_address(raw: bytes) -> list | None:
+    """[host, port] of a struct sockaddr_in or sockaddr_in6, as Python's
+    getsockname gives the first two."""
+    if len(raw) < 8:
+        return None
+    family, port = struct.unpack_from("<H", raw)[0], struct.unpack_from(">H", raw, 2)[0]
+    if family == socket.AF_INET:
+        return [socket.inet_ntop(socket.AF_INET, raw[4:8]), port]
+    if family == socket.AF_INET6 and len(raw) >= 28:
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        scope = struct.unpack_from("<I", raw, 24)[0]
+        if scope:                 # a link-local address: as getsockname names it
+            try:
+                host += "%" + socket.if_indextoname(scope)
+            except OSError:
+                host += f"%{scope}"
+        return [host, port]
+    return None
+
+
 class InetSocket(FdKind):
     """A TCP listening socket, or a UDP socket (bound, connected), of IPv4
     or IPv6: made again with the same address and port and the options
@@ -1324,53 +1385,46 @@ class InetSocket(FdKind):
     def describe(cls, pid: int, info: FdInfo) -> dict:
         import json
         fd = info.fd
-        ours = take_fd(pid, fd)
-        s = socket.socket(fileno=ours)
-        try:
-            family, stype = s.family, s.type
-            what = f"a socket ({info.target})"
-            if family not in (socket.AF_INET, socket.AF_INET6) or stype not in (
-                    socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                named = SOCKET_FAMILIES.get(family, f"of family {int(family)}")
-                raise Refused(f"process {pid} fd {fd} is {what}: {named} (type {int(stype)}); "
-                              f"umig cannot move this kind of fd yet", pid=pid, fd=fd,
-                              hint="close it in the program, or wait for a umig that "
-                                   "supports it")
-            proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
-            st = {"family": int(family), "type": int(stype), "proto": proto,
-                  "listening": bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)),
-                  "bound": None, "peer": None}
-            for key, level, opt in INET_OPTIONS:
-                st[key] = s.getsockopt(level, opt)
-            if stype == socket.SOCK_STREAM:
-                st["nodelay"] = s.getsockopt(SOL_TCP, TCP_NODELAY)
-            if family == socket.AF_INET6:
-                st["v6only"] = s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
-            name = s.getsockname()
-            if name[1]:
-                st["bound"] = list(name[:2])
+        p = probe(pid, info, True)
+        family, stype = p.family, p.type
+        what = f"a socket ({info.target})"
+        if family not in (socket.AF_INET, socket.AF_INET6) or stype not in (
+                socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            named = SOCKET_FAMILIES.get(family, f"of family {family}")
+            raise Refused(f"process {pid} fd {fd} is {what}: {named} (type {stype}); "
+                          f"umig cannot move this kind of fd yet", pid=pid, fd=fd,
+                          hint="close it in the program, or wait for a umig that supports it")
+        st = {"family": family, "type": stype, "proto": p.proto,
+              "listening": bool(p.listening), "bound": None, "peer": None}
+        for key, _, _ in INET_OPTIONS:
+            st[key] = getattr(p, key)
+        if stype == socket.SOCK_STREAM:
+            st["nodelay"] = p.nodelay
+        if family == socket.AF_INET6:
+            st["v6only"] = p.v6only
+        name = _inet_address(bytes(p.name[0:p.name_len]))
+        if name and name[1]:
+            st["bound"] = name
+        if p.peer_len:
+            st["peer"] = _inet_address(bytes(p.peer[0:p.peer_len]))
+        kind = "TCP" if stype == socket.SOCK_STREAM else "UDP"
+        if stype == socket.SOCK_STREAM and st["peer"]:
+            s = socket.socket(fileno=take_fd(pid, fd))
             try:
-                st["peer"] = list(s.getpeername()[:2])
-            except OSError:
-                pass
-            kind = "TCP" if stype == socket.SOCK_STREAM else "UDP"
-            if stype == socket.SOCK_STREAM and st["peer"]:
                 return TcpConnection.describe_connection(pid, info, s, st)
-            if st["listening"]:
-                waiting = _tcp_queue(info.st.st_ino)
-                if waiting:
-                    raise Refused(f"process {pid} fd {fd} is {what}: a TCP listener on "
-                                  f"{name[0]}:{name[1]} with {waiting} connection(s) waiting "
-                                  f"to be accepted, which would be lost", pid=pid, fd=fd,
-                                  hint="grab it again once they are accepted")
-            if stype == socket.SOCK_DGRAM:
-                queued = struct.unpack("i", fcntl.ioctl(ours, FIONREAD, b"\0" * 4))[0]
-                if queued:
-                    raise Refused(f"process {pid} fd {fd} is {what}: a {kind} socket with "
-                                  f"datagrams queued, which would be lost", pid=pid, fd=fd,
-                                  hint="let the program read them first")
-        finally:
-            s.close()
+            finally:
+                s.close()
+        if st["listening"]:
+            waiting = _tcp_queue(info.st.st_ino)
+            if waiting:
+                raise Refused(f"process {pid} fd {fd} is {what}: a TCP listener on "
+                              f"{name[0]}:{name[1]} with {waiting} connection(s) waiting "
+                              f"to be accepted, which would be lost", pid=pid, fd=fd,
+                              hint="grab it again once they are accepted")
+        if stype == socket.SOCK_DGRAM and p.queued:
+            raise Refused(f"process {pid} fd {fd} is {what}: a {kind} socket with "
+                          f"datagrams queued, which would be lost", pid=pid, fd=fd,
+                          hint="let the program read them first")
         rec = super().describe(pid, info)
         rec["state"] = json.dumps(st).encode()
         return rec
@@ -1618,9 +1672,10 @@ NR_kcmp, KCMP_FILE = 312, 0
 def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
     """Give FD records that are one open file description (dup'ed, or
     inherited across fork) the same `desc`, found with kcmp(KCMP_FILE)
-    among fds of the same file.  Pipes and stdio are shared by how resume
-    makes them; this is for files, directories and devices."""
-    groups: dict[tuple[int, int], list[tuple[int, dict]]] = {}
+    among fds of the same file at the same offset with the same flags.
+    Pipes and stdio are shared by how resume makes them; this is for
+    files, directories and devices."""
+    groups: dict[tuple, list[tuple[int, dict]]] = {}
     for pid, fds in members:
         for rec in fds:
             rec.setdefault("desc", 0)
@@ -1629,7 +1684,11 @@ def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
                                MemFd.name, DeletedFile.name, UnixPair.name,
                                UnixConnection.name, Inotify.name,
                                PtyMaster.name, PtySlave.name):
-                groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
+                # one description has one offset and one set of flags (the
+                # close-on-exec bit is the fd's, not in them): only fds
+                # alike in all of these need kcmp
+                groups.setdefault((rec["dev"], rec["ino"], rec["pos"], rec["flags"]),
+                                  []).append((pid, rec))
     next_id = 1
     for group in groups.values():
         if len(group) < 2:
@@ -1666,8 +1725,11 @@ def pipe_records(members: list[tuple[int, list[dict]]], external: str = "refuse"
     (said in notes)."""
     ends: dict[int, dict[str, list[tuple[int, int]]]] = {}
     stdio: dict[int, list[dict]] = {}
+    probed: dict[int, tuple[int, int]] = {}     # ino: (capacity, bytes in it), as scanned
     for pid, fds in members:
         for rec in fds:
+            if "_pipe" in rec:
+                probed[rec["ino"]] = rec.pop("_pipe")
             if rec["kind"] in (Pipe.name, Stdio.name) and rec["path"].startswith("pipe:"):
                 side = "w" if rec["flags"] & O_ACCMODE == os.O_WRONLY else "r"
                 ends.setdefault(rec["ino"], {"r": [], "w": []})[side].append((pid, rec["fd"]))
@@ -1699,10 +1761,12 @@ def pipe_records(members: list[tuple[int, list[dict]]], external: str = "refuse"
                                       "/dev/null there with --external-pipes=devnull")
         # an end no process holds any more stays closed
         have_ends = (PIPE_READ if sides["r"] else 0) | (PIPE_WRITE if sides["w"] else 0)
-        if sides["r"]:
+        size, queued = probed.get(ino, (0, -1))
+        if sides["r"] and queued:
             rec = _pipe_contents(*sides["r"][0], ino)
         else:
-            rec = {"ino": ino, "size": _pipe_size(*sides["w"][0]), "data": b""}
+            rec = {"ino": ino, "size": size or _pipe_size(*(sides["r"] or sides["w"])[0]),
+                   "data": b""}
         rec["ends"] = have_ends
         out.append(rec)
     return out
@@ -1851,13 +1915,15 @@ def fd_infos(pid: int, fds: list[int]):
     while this one turns the chunks already read into FdInfo and the caller
     works on them (the kernel's /proc work is most of the cost, and the
     frozen process leaves the CPUs free)."""
+    kept = _kept_pidfd(pid)           # a grab: sockets and pipes are probed in the scan
+    pidfd = -1 if kept is None else kept
     if len(fds) < SCAN_SPLIT:
-        yield from _infos(pid, fds, *_scan(pid, fds))
+        yield from _infos(pid, fds, *_scan(pid, pidfd, fds))
         return
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(2) as pool:
         chunks = [fds[i:i + SCAN_CHUNK] for i in range(0, len(fds), SCAN_CHUNK)]
-        futures = [pool.submit(_scan, pid, c) for c in chunks]
+        futures = [pool.submit(_scan, pid, pidfd, c) for c in chunks]
         try:
             for chunk, f in zip(chunks, futures):
                 yield from _infos(pid, chunk, *f.result())
@@ -1870,31 +1936,50 @@ SCAN_SPLIT = 1000
 SCAN_CHUNK = 500
 
 
-def _scan(pid: int, fds: list[int]):
-    """umig_fd_scan of fds: (its struct array, the text); native only."""
+def _scan(pid: int, pidfd: int, fds: list[int]):
+    """umig_fd_scan of fds: (its struct array, the text); native only.
+    With a pidfd (else -1) sockets and pipes are probed too."""
     from .native import ffi, lib
     arr = ffi.new("int32_t[]", fds)
     out = ffi.new("struct umig_fdstat[]", len(fds))
     textlen = len(fds) * 512 + (1 << 20)
     text = ffi.new("uint8_t[]", textlen)
-    used = lib.umig_fd_scan(pid, arr, len(fds), out, text, textlen)
+    used = lib.umig_fd_scan(pid, pidfd, arr, len(fds), out, text, textlen)
     if used < 0:
         raise from_oserror(OSError(-used, os.strerror(-used)), f"listing the fds of process "
                            f"{pid}", pid=pid)
     return out, ffi.buffer(text, used)[:]
 
 
+# struct umig_fdstat as struct unpacks it (a tuple per fd is some 10 times
+# quicker than reading 16 fields of a cffi struct): up to probe.err
+_FDSTAT = struct.Struct("<iiIIQQQQqQIIIIIi")
+
+
+def _fdstat_struct() -> struct.Struct:
+    """_FDSTAT padded to the C struct's size, checked against its layout."""
+    from .native import ffi
+    size = ffi.sizeof("struct umig_fdstat")
+    if ffi.offsetof("struct umig_fdstat", "probe") != _FDSTAT.size - 4:
+        raise AssertionError("struct umig_fdstat changed: update fdtable._FDSTAT")
+    return struct.Struct(_FDSTAT.format + f"{size - _FDSTAT.size}x")
+
+
 def _infos(pid: int, fds: list[int], out, buf: bytes):
-    for i, fd in enumerate(fds):
-        o = out[i]
-        if o.err == errno.ENOENT:
+    from .native import ffi
+    each = _fdstat_struct().iter_unpack(ffi.buffer(out))
+    for i, (fd, err, mode, nlink, dev, ino, rdev, size, mtime_ns, pos, flags, link_off,
+            link_len, info_off, info_len, probed) in enumerate(each):
+        if err == errno.ENOENT:
             raise UmigError(f"process {pid} fd {fd} closed while it was frozen", pid=pid, fd=fd)
-        if o.err:
+        if err:
             yield fd_info(pid, fd)      # too long for the buffer, or odd: the slow way
             continue
-        yield FdInfo(fd, os.fsdecode(buf[o.link_off:o.link_off + o.link_len]),
-                     FdStat(o.mode, o.nlink, o.dev, o.ino, o.rdev, o.size, o.mtime_ns),
-                     o.flags, o.pos, buf[o.info_off:o.info_off + o.info_len])
+        yield FdInfo(fd, buf[link_off:link_off + link_len].decode("utf-8", "surrogateescape"),
+                     FdStat(mode, nlink, dev, ino, rdev, size, mtime_ns),
+                     flags, pos, buf[info_off:info_off + info_len],
+                     probe=None if probed == -1 else ffi.new("struct umig_fdprobe *",
+                                                             out[i].probe))
 
 
 def describe_all(pid: int, max_contents: int = MAX_CONTENTS, tcp=None) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UmigError
 
-NATIVE_ABI = 5
+NATIVE_ABI = 6
 PLAN_ABI = 10
 PAGE = 4096
 
