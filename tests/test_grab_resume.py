@@ -350,27 +350,82 @@ def test_leave_running_keeps_source_and_image_resumes_as_new_pid(victim, procs, 
     assert f"resumed as pid {rpid}" in r.stderr.decode()
 
 
-@pytest.mark.parametrize("preread", ["on", "off"])
+def _pads_and_pages_sent_twice(img: Path) -> tuple[int, list[int]]:
+    """PAD records in the image, and the addresses of pages that more than
+    one PAGES record carries."""
+    from umig.image import schema
+    from umig.image.info import RUN
+    from umig.image.stream import ImageReader, decode_pages
+    pads, seen, twice = 0, set(), []
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        for frame in ImageReader(fd):
+            if frame.tag == schema.PAD.tag:
+                pads += 1
+            elif frame.tag == schema.PAGES.tag:
+                for addr, npages, _kind in RUN.iter_unpack(decode_pages(frame)[3]):
+                    for a in range(addr, addr + npages * 4096, 4096):
+                        if a in seen:
+                            twice.append(a)
+                        seen.add(a)
+    finally:
+        os.close(fd)
+    return pads, twice
+
+
+@pytest.mark.parametrize("preread", ["into-file", "into-file-noise", "into-pipe", "small-room",
+                                     "off"])
 def test_memory_written_while_it_is_pre_read_is_taken_as_frozen(victim, procs, tmp_path,
                                                                  preread):
     """GIVEN 64 MiB whose first 8 MiB a process rewrites without pause, page by
     page, each page holding its counter and a pattern of it, and a total
-    WHEN it is grabbed with pre-reading (memory read while it runs) and resumed
+    WHEN it is grabbed with pre-reading (memory read while it runs) and resumed:
+    into an image file (pre-read pages written ahead into it), into a pipe
+    (kept in memory, 40 MiB at most), into a file whose room for the state
+    records is too small (UMIG_STATE_ROOM), and without pre-reading; and
+    into a file with pages lz4 cannot shrink (a chunk read again has the
+    size of its copy written ahead)
     THEN every page matches its pattern and the counters sum to the total (a
-    page kept from before a write, or torn by one, fails), and with
-    pre-reading the cold chunks were kept and the hot ones read again."""
+    page kept from before a write, or torn by one, fails); with pre-reading
+    the cold chunks were kept and the hot ones read again; in the file no
+    page is in two PAGES records (a chunk read again is written over its
+    copy, or that copy becomes a PAD record), and with incompressible pages
+    the hot part's chunks read again were written in place; with too little room the
+    pre-read pages were dropped and all read frozen."""
     out = tmp_path / "out"
-    src = procs.start([victim("churn")], stdout=out.open("w"))
+    noise = preread == "into-file-noise"
+    src = procs.start([victim("churn"), *(["noise"] if noise else [])], stdout=out.open("w"))
     assert wait_lines(out, 1, timeout=20)[0] == "ready"
     img = tmp_path / "img"
-    r = grab(src.pid, img, "-v", "--preread", preread)
+    if preread == "into-pipe":
+        with img.open("wb") as f:
+            cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=f)
+            r = run_umig("grab", "-v", "--preread", "on", str(src.pid), stdout=cat.stdin)
+            cat.stdin.close()
+            assert cat.wait(timeout=30) == 0 and r.returncode == 0, r.stderr.decode()
+    else:
+        env = dict(os.environ, UMIG_STATE_ROOM="4096") if preread == "small-room" else None
+        r = run_umig("grab", "-o", str(img), "-v", "--preread",
+                     "off" if preread == "off" else "on", str(src.pid), env=env)
+        assert r.returncode == 0, r.stderr.decode()
     src.wait(timeout=5)
     msg = r.stderr.decode()
-    if preread == "on":
-        m = re.search(r"(\d+) pre-read chunks kept, (\d+) read again frozen", msg)
+    m = re.search(r"(\d+) pre-read chunks kept, (\d+) read again frozen", msg)
+    if preread.startswith("into-"):
+        into_file = preread != "into-pipe"
         assert m, msg
         kept, again = int(m[1]), int(m[2])
-        assert kept >= 8 and again >= 1, msg     # 40 MiB budget: >= 8 cold windows
+        assert kept >= 8 and again >= 1, msg     # >= 8 cold windows (40 MiB budget)
+        assert ("written ahead into the image" in msg) == into_file, msg
+        pads, sent_twice = _pads_and_pages_sent_twice(img)
+        # in the file: the room before the pages (and what a chunk found
+        # written since left), and no page in the image twice
+        assert (pads >= 1) == into_file and not sent_twice, (pads, sent_twice)
+        if noise:      # the two 4 MiB windows of the hot part at least
+            placed = re.search(r"(\d+) of those read again in place", msg)
+            assert placed and int(placed[1]) >= 2, msg
+    elif preread == "small-room":
+        assert not m and "state records outgrew the 4096 bytes kept" in msg, msg
     else:
         assert "pre-read" not in msg, msg
     rpid = resume_detached(img, procs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import mmap
 import os
 import platform
@@ -29,7 +30,7 @@ from .errors import (AccessDenied, Interrupted, NoProcess, Refused, UmigError,
                      from_oserror)
 from .critical import critical
 from .image import schema
-from .image.stream import ImageWriter, PageChunk, page_chunk_frame
+from .image.stream import ImageWriter, NoRoom, PageChunk, page_chunk_frame
 from .inject import Injector, find_gadget
 from .native import PAGE, ffi, lib
 
@@ -771,10 +772,18 @@ def _write_pages(t: Target, w: ImageWriter, ranges, check: Callable[[], None],
     the number of data pages."""
     chunks = list(_chunks(ranges))
     kept = [cache.take(c, unchanged) if cache else None for c in chunks]
+    spooled = isinstance(cache, precopy.Spool)
+    if spooled:
+        _redo_in_place(t, cache, chunks, kept, check)
+        w.adopt(cache)              # those kept are in the file already
     fresh = _produced(t, [c for c, k in zip(chunks, kept) if k is None], check)
     data_pages = 0
     try:
         for k in kept:
+            if isinstance(k, precopy.SpoolEntry):
+                data_pages += k.pages
+                done(k.npages)
+                continue
             pc, pages = k if k is not None else next(fresh)
             w.page_chunk(pc)
             data_pages += pages
@@ -784,10 +793,63 @@ def _write_pages(t: Target, w: ImageWriter, ranges, check: Callable[[], None],
     return data_pages
 
 
-def _preread(t: Target, check: Callable[[], None], progress: Callable[[Progress], None]
-             ) -> tuple[precopy.Tracker, precopy.Cache]:
+REDO_HELD = 32 << 20      # bytes of chunks read again that did not fit, held to append
+
+
+def _redo_in_place(t: Target, spool: precopy.Spool, chunks: list, kept: list,
+                   check: Callable[[], None]) -> None:
+    """Read again, now, the chunks whose pre-read copy in the file was
+    written since, and put each where that copy is when it fits (the same
+    size, or smaller by a PAD frame or more), so that the image does not
+    carry both.  kept[i] becomes the spool entry (in place), or the chunk
+    itself to append (held in memory, up to REDO_HELD; past that, left to
+    be read again with the rest)."""
+    redo = [i for i, (c, k) in enumerate(zip(chunks, kept))
+            if k is None and spool.stale(c) is not None]
+    if not redo:
+        return
+    held = 0
+    fresh = _produced(t, [chunks[i] for i in redo], check)
+    try:
+        for i, (pc, pages) in zip(redo, fresh):
+            e = spool.replace(chunks[i], pc, pages)
+            if e is not None:
+                kept[i] = e
+            elif held < REDO_HELD:
+                owned = PageChunk(pc.head, [bytes(p) for p in pc.parts], pc.crc, pc.npages)
+                held += sum(len(p) for p in owned.parts)
+                kept[i] = (owned, pages)
+    finally:
+        fresh.close()
+
+
+def _spoolable(fd: int) -> bool:
+    """Whether grab may write pre-read pages ahead into fd: a regular file,
+    empty so far, open for reading and writing (not appending) at its
+    start."""
+    try:
+        st = os.fstat(fd)
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        return (stat.S_ISREG(st.st_mode) and st.st_size == 0 and not fl & os.O_APPEND
+                and fl & os.O_ACCMODE == os.O_RDWR and os.lseek(fd, 0, os.SEEK_CUR) == 0)
+    except OSError:
+        return False
+
+
+def _count_maps_fds(pid: int) -> tuple[int, int]:
+    """How many VMAs and fds the process has now (for Spool's room)."""
+    try:
+        return (procfs.read(pid, "maps").count(b"\n"), len(os.listdir(f"/proc/{pid}/fd")))
+    except OSError:
+        return 0, 0
+
+
+def _preread(t: Target, check: Callable[[], None], progress: Callable[[Progress], None],
+             spool: precopy.Spool | None = None):
     """Start write tracking (a short freeze to inject userfaultfd), then read
-    and compress memory while the process runs, up to the cache's budget."""
+    and compress memory while the process runs: into the cache, up to its
+    budget, or with a spool, all of it into the image file.  Returns the
+    tracker and the cache or spool."""
     fr = Freezer(t)
     tracker = precopy.Tracker(t.pid)
     try:
@@ -805,7 +867,7 @@ def _preread(t: Target, check: Callable[[], None], progress: Callable[[Progress]
     finally:
         with critical():
             fr.thaw()
-    cache = precopy.Cache()
+    cache = spool or precopy.Cache()
     try:
         ranges = _present_ranges(t, vmas)
         chunks = list(_chunks(ranges))
@@ -1136,17 +1198,31 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                               pid=pid)
 
     try:
+        spool = None
         if not tree and (preread == "on" or (preread == "auto"
                                              and rss_kb * 1024 >= precopy.MIN_RSS)):
+            if not ship_files and _spoolable(out_fd):
+                # pre-read pages go into the image file itself, after room
+                # for the state records
+                spool = precopy.Spool(out_fd, precopy.state_room(
+                    *_count_maps_fds(pid), int(t.status.get("Threads", "1"))))
             try:
-                tracker, cache = _preread(t, check, progress)
+                tracker, cache = _preread(t, check, progress, spool)
             except OSError as e:
                 stats.precopy = f"off ({e.strerror or e})"
+        if spool is not None and cache is not spool:
+            spool = None              # pre-reading did not start: nothing was written
+        if spool is not None and spool.entries:
+            try:            # on a disk, the sync at the end then has little left to do
+                os.fdatasync(out_fd)
+            except OSError:
+                pass        # said by the sync at the end, if it fails too
         # what the image will take, at most: what was pre-read as it is, the
         # rest as much as it holds (a file allocated for far more costs its
         # cutting back while the process is frozen: 24 ms for 100 MiB on tmpfs)
         rest = rss_kb * 1024 - (cache.covered if cache else 0)
-        prepare(max(rest, 0) + (cache.used if cache else 0) + (4 << 20))
+        prepare(max(rest, 0) + (cache.end if spool else cache.used if cache else 0)
+                + (4 << 20))
         with critical():
             fr.freeze()
         now = Progress("frozen", frozen_at=fr.frozen_at)
@@ -1179,17 +1255,36 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         needs_v2 = len(members) > 1 or zombies or any(
             v["flags"] & (schema.VMA_SHM_SEEN | schema.VMA_INHERIT)
             for m in members for v in m.vmas)
+        def state(w: ImageWriter) -> None:
+            w.record(schema.HEADER, header_record(pid))
+            for f in shipped:
+                w.record(schema.FILE, f)
+            for m in members:
+                for rec, values in m.records:
+                    w.record(rec, values)
+            for z in zombies:
+                w.record(schema.ZOMBIE, z)
+            for pipe in pipes:
+                w.record(schema.PIPE, pipe)
+
         w = ImageWriter(out_fd, version=2 if needs_v2 else 1)
-        w.record(schema.HEADER, header_record(pid))
-        for f in shipped:
-            w.record(schema.FILE, f)
-        for m in members:
-            for rec, values in m.records:
-                w.record(rec, values)
-        for z in zombies:
-            w.record(schema.ZOMBIE, z)
-        for pipe in pipes:
-            w.record(schema.PIPE, pipe)
+        if spool is None:
+            state(w)
+        else:
+            try:
+                w.limit = spool.start
+                state(w)
+                w.pad_to(spool.start)
+            except NoRoom:
+                # more state than the room kept: the image starts again, its
+                # pages all read now (nothing past the room was written)
+                stats.precopy = (f"pre-read pages dropped: the state records outgrew the "
+                                 f"{spool.start} bytes kept for them")
+                os.lseek(out_fd, 0, os.SEEK_SET)
+                os.ftruncate(out_fd, 0)
+                cache = spool = None
+                w = ImageWriter(out_fd, version=2 if needs_v2 else 1)
+                state(w)
         member_ranges = [sorted(_present_ranges(m.t, [v for v in m.vmas
                                                       if not v["flags"] & schema.VMA_INHERIT])
                                 + [r for rs in m.cow.values() for r in rs]) for m in members]
@@ -1208,7 +1303,9 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             stats.data_pages += _write_pages(m.t, w, ranges, check, cache, unchanged, written)
         if cache:
             stats.precopy = (f"{cache.reused} pre-read chunks kept, {cache.reread} read "
-                             f"again frozen")
+                             f"again frozen" + (f" (written ahead into the image; "
+                                                f"{cache.in_place} of those read again "
+                                                f"in place)" if spool else ""))
         w.record(schema.ROUND_END, {"round": 0, "pages": w.pages,
                                     "records": w.page_records})
         check()

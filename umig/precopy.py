@@ -29,7 +29,7 @@ import os
 import struct
 
 from .image import schema
-from .image.stream import PageChunk
+from .image.stream import FLAG_OPTIONAL, PageChunk, crc32c
 from .native import PAGE, ffi, lib, syscall
 
 NR_close, NR_userfaultfd, NR_pidfd_getfd = 3, 323, 438
@@ -49,6 +49,7 @@ UFFDIO_API = _iowr(0x3F, 24)
 UFFDIO_REGISTER = _iowr(0x00, 32)
 UFFDIO_WRITEPROTECT = _iowr(0x06, 24)
 
+PAD_FRAME = 12           # frame head and checksum of a PAD record: its least size
 BUDGET = 40 << 20        # bytes of pre-read chunks kept (umig stays under 100 MiB)
 MIN_RSS = 16 << 20       # below this a frozen read is as quick as the set-up
 
@@ -181,6 +182,125 @@ class Cache:
         if hit is not None:
             self.reread += 1
         return None
+
+
+class SpoolEntry:
+    """A pre-read PAGES frame in the image file."""
+    __slots__ = ("offset", "length", "head", "crc", "npages", "pages", "data_len", "kept",
+                 "pad")
+
+    def __init__(self, offset: int, pc: PageChunk, pages: int):
+        self.offset = offset
+        self.length = len(pc.head) + sum(len(p) for p in pc.parts) + len(pc.crc)
+        self.head, self.crc, self.npages, self.pages = pc.head, pc.crc, pc.npages, pages
+        self.data_len = len(pc.parts[2])
+        self.kept = False
+        self.pad: tuple[bytes, bytes] | None = None   # head, crc of a PAD after a smaller
+        #                                                 chunk written in its place
+
+
+class Spool:
+    """Pre-read chunks written straight into the image file, when it is a
+    regular file grab writes from its start: from `start` on, room being
+    kept before it for the state records (written at the freeze).  There
+    is no budget, memory holds only their frame heads, and at the freeze
+    the chunks that still hold are already in place: the process is frozen
+    for the state and for the pages written since, not for writing its
+    memory out.  Used like Cache (put, take, full); ImageWriter.adopt()
+    then takes them in."""
+
+    def __init__(self, fd: int, start: int):
+        self.fd = fd
+        self.start = self.end = start
+        self.entries: list[SpoolEntry] = []          # file order
+        self._by_key: dict[tuple, SpoolEntry] = {}
+        self._stale: dict[tuple, SpoolEntry] = {}     # written since: taken, not kept
+        self.used = 0                  # bytes of the file they take
+        self.covered = 0               # bytes of memory they cover
+        self.reused = 0
+        self.reread = 0
+        self.in_place = 0              # of those read again, written over their copy
+
+    @staticmethod
+    def full() -> bool:
+        return False
+
+    def _pwrite(self, parts: list, at: int) -> None:
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        while views:
+            n = os.pwritev(self.fd, views, at)
+            at += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+
+    def put(self, chunk, pc: PageChunk, pages: int) -> None:
+        e = SpoolEntry(self.end, pc, pages)
+        self._pwrite([pc.head, *pc.parts, pc.crc], self.end)
+        self.entries.append(e)
+        self._by_key[_key(chunk)] = e
+        self.end += e.length
+        self.used += e.length
+        self.covered += pc.npages * PAGE
+
+    def take(self, chunk, unchanged: Unchanged) -> SpoolEntry | None:
+        e = self._by_key.pop(_key(chunk), None)
+        if e is not None and unchanged.holds(chunk):
+            e.kept = True
+            self.reused += 1
+            return e
+        if e is not None:
+            self.reread += 1
+            self._stale[_key(chunk)] = e
+        return None
+
+    def stale(self, chunk) -> SpoolEntry | None:
+        """The copy of chunk in the file, if take() found it written since."""
+        return self._stale.get(_key(chunk))
+
+    def replace(self, chunk, pc: PageChunk, pages: int) -> SpoolEntry | None:
+        """Write chunk as read again (pc) over its stale copy, if it fits:
+        the same size, or smaller by a PAD frame (12 bytes) or more, the
+        rest then a PAD.  Returns the entry, now kept, or None."""
+        e = self._stale.get(_key(chunk))
+        if e is None:
+            return None
+        n = len(pc.head) + sum(len(p) for p in pc.parts) + len(pc.crc)
+        room = e.length - n
+        if room < 0 or 0 < room < PAD_FRAME:
+            return None
+        del self._stale[_key(chunk)]
+        parts = [pc.head, *pc.parts, pc.crc]
+        if room:
+            fill = bytes(room - PAD_FRAME)
+            head = struct.pack("<HHI", schema.PAD.tag, FLAG_OPTIONAL, len(fill))
+            crc = struct.pack("<I", crc32c(head, fill))
+            parts += [head, fill, crc]
+            e.pad = (head, crc)
+        self._pwrite(parts, e.offset)
+        e.head, e.crc, e.npages, e.pages = pc.head, pc.crc, pc.npages, pages
+        e.data_len = len(pc.parts[2])
+        e.kept = True
+        self.in_place += 1
+        return e
+
+
+def state_room(nvmas: int, nfds: int, nthreads: int) -> int:
+    """Bytes to keep for a process's state records ahead of pages written
+    in advance (the image's first bytes, up to its PAD record).  Measured:
+    a C program with 24 VMAs, 3 fds and one thread takes 18.6 KB (VMA
+    records some 130 bytes with their path, FD records 100-200, a THREAD
+    2.6-3.2 KB with its XSAVE area, the rest about 8 KB); this keeps a
+    quarter more than 16 KiB + 256 per VMA + 384 per fd + 4 KiB per
+    thread.  A state that outgrows it (a big pipe buffer, a deleted file's
+    contents, fds opened meanwhile) makes grab start the image again
+    without the pre-read pages (ImageWriter.limit, NoRoom)."""
+    override = os.environ.get("UMIG_STATE_ROOM")     # tests: force the fallback
+    if override:
+        return int(override)
+    return (16_384 + 256 * nvmas + 384 * nfds + 4_096 * nthreads) * 5 // 4
 
 
 def _key(chunk) -> tuple:

@@ -5,7 +5,9 @@
  * write and kept after it, or torn by one, fails).  With argument "zap" it
  * also drops a page of the cold part every 2000 rewrites (MADV_DONTNEED:
  * it reads as zeros, counter 0), so a page copied before it was dropped
- * and kept after fails too. */
+ * and kept after fails too.  With "noise" the pattern is a pseudo-random
+ * function of the counter and the word's place: pages lz4 cannot shrink, so
+ * a page rewritten keeps its chunk's size in the image. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,13 +23,25 @@
 static volatile sig_atomic_t go;
 static volatile uint64_t total;
 
+static int noise;
+
 static void on_usr1(int s) { (void)s; go = 1; }
+
+static uint64_t word(uint64_t c, unsigned i)
+{
+    uint64_t z = c * 0x9E3779B97F4A7C15ULL + i;
+    if (!noise)
+        return z;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;     /* splitmix64's finalizer */
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
 
 static void fill(uint64_t *pg, uint64_t c)
 {
     pg[0] = c;
     for (unsigned i = 1; i < WORDS; i++)
-        pg[i] = c * 0x9E3779B97F4A7C15ULL + i;
+        pg[i] = word(c, i);
 }
 
 static int check(uint64_t *mem)
@@ -41,7 +55,7 @@ static int check(uint64_t *mem)
         if (zero)
             continue;                 /* dropped: counter 0 */
         for (unsigned i = 1; i < WORDS; i++)
-            if (pg[i] != pg[0] * 0x9E3779B97F4A7C15ULL + i)
+            if (pg[i] != word(pg[0], i))
                 return 0;
         sum += pg[0];
     }
@@ -51,6 +65,7 @@ static int check(uint64_t *mem)
 int main(int argc, char **argv)
 {
     int zap = argc > 1 && strcmp(argv[1], "zap") == 0;
+    noise = argc > 1 && strcmp(argv[1], "noise") == 0;
     unsigned long n = 0;
     uint64_t *mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -59,12 +59,15 @@ class Scan:
         self._index: tuple[list[int], list[int], list[int]] | None = None
         self.page_size = 4096
         self.frames = self.page_records = self.pages = self.zero_pages = 0
-        self.outside = self.data_bytes = self.raw_bytes = 0
+        self.outside = self.data_bytes = self.raw_bytes = self.pad_bytes = 0
 
     def add(self, frame) -> None:
         self.frames += 1
         if frame.tag == schema.PAGES.tag:
             values = self._pages(frame)
+        elif frame.tag == schema.PAD.tag:
+            values = {"bytes": len(frame.payload)}      # what it fills, not the zeros
+            self.pad_bytes += len(frame.payload)
         else:
             values = frame.decode()
             self.state.setdefault(frame.name, []).append(values)

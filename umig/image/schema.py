@@ -5,7 +5,7 @@ Rules (docs/image-format.md has the full text):
 * Tags are stable and never reused.  A retired field stays here as a comment.
 * Fields are little-endian, fixed width, in declaration order; `str` and
   `bytes` are a u32 length and the bytes; an `array` is a u32 count and that
-  many fixed-width items; `tail` (PAGES only) is whatever is left.
+  many fixed-width items; `tail` (PAGES and PAD only) is whatever is left.
 * Appending a field or adding a record kind that old readers may skip
   (flag `optional`) does not change FORMAT_VERSION; anything else does,
   and a reader names both versions when it refuses.
@@ -475,7 +475,14 @@ TRAILER = Record(15, "TRAILER", (
     F("digest", "s32", "hidden"),
 ), "Counts and the SHA-256 of every record's frame and checksum before it.")
 
+PAD = Record(20, "PAD", (
+    F("fill", "tail", "size"),
+), "Bytes that mean nothing, skipped by readers: room grab kept for the state "
+   "records in an image file whose pre-read pages it wrote ahead of them, and "
+   "pre-read pages found written since (their PAGES frame turned into PAD in "
+   "place).  May come anywhere between HEADER and TRAILER.", optional=True)
+
 RECORDS: dict[int, Record] = {r.tag: r for r in (
     HEADER, PROCESS, CREDS, RLIMITS, MM, VMA, VDSO, THREAD, SIGACTIONS, PENDING,
-    ITIMERS, FD, PAGES, ROUND_END, TRAILER, PIPE, ZOMBIE, OWNER, FILE)}
+    ITIMERS, FD, PAGES, ROUND_END, TRAILER, PIPE, ZOMBIE, OWNER, FILE, PAD)}
 BY_NAME: dict[str, Record] = {r.name: r for r in RECORDS.values()}

@@ -1,4 +1,7 @@
-"""The image stream: framing, checksums, the trailer.  One pass, no seeks.
+"""The image stream: framing, checksums, the trailer.  Read in one pass,
+never seeking, so it may come through a pipe.  Written in one pass too,
+except into an image file, where grab may write pre-read page chunks ahead
+of the state records, at a place it keeps room before (ImageWriter.adopt).
 
     stream  := MAGIC(8) version(u32) reserved(u32) record* TRAILER
     record  := tag(u16) flags(u16) length(u32) payload crc32c(u32)
@@ -11,6 +14,7 @@ as a damaged one, without hashing the page data twice.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -41,8 +45,15 @@ HOLD_BELOW = 256 << 10
 SMALL_RECORD = 64 << 10
 
 
+class NoRoom(Exception):
+    """The state records outgrew the room kept for them before pre-read
+    pages written ahead (ImageWriter.limit): nothing was written past it."""
+
+
 class ImageWriter:
     """Writes records to a file descriptor (file, pipe or socket)."""
+
+    limit: int | None = None       # bytes it may write before pad_to() (else NoRoom)
 
     def __init__(self, fd: int, what: str = "image", version: int = schema.FORMAT_VERSION):
         self.fd = fd
@@ -60,6 +71,8 @@ class ImageWriter:
 
     def _write(self, parts: list) -> None:
         views = [memoryview(p).cast("B") for p in parts if len(p)]
+        if self.limit is not None and self.offset + sum(len(v) for v in views) > self.limit:
+            raise NoRoom(self.offset)
         while views:
             try:
                 n = os.writev(self.fd, views)
@@ -118,6 +131,54 @@ class ImageWriter:
             self.page_records += 1
             self.pages += sum(r["npages"] for r in values["runs"])
             self.data_bytes += len(values["data"])
+
+    def pad_to(self, offset: int) -> None:
+        """Fill the image up to `offset` with a PAD record (the room kept for
+        the state records before the pre-read pages); NoRoom if a PAD frame
+        does not fit in what is left."""
+        self.flush()
+        gap = offset - self.offset
+        if gap and gap < FRAME.size + CRC.size:
+            raise NoRoom(self.offset)
+        self.limit = None
+        if gap:
+            self._frame(schema.PAD.tag, FLAG_OPTIONAL, [bytes(gap - FRAME.size - CRC.size)])
+
+    def adopt(self, spool) -> None:
+        """Take in the page chunks a precopy.Spool wrote into this (regular)
+        file at [spool.start, spool.end), right after what was written so far
+        (pad_to(spool.start)).  Those it kept (or wrote again in place, with
+        a PAD after a smaller one) count as PAGES records; the rest (pages
+        written since) become PAD records in place.  The digest takes them
+        all in file order.  Writing goes on at spool.end."""
+        self.flush()
+        if self.offset != spool.start:
+            raise ValueError(f"the image is at byte {self.offset}, the spool starts at "
+                             f"{spool.start}")
+        for e in spool.entries:
+            if e.kept:
+                head, crc = e.head, e.crc
+                self.page_records += 1
+                self.pages += e.npages
+                self.data_bytes += e.data_len
+                if e.pad:                  # read again, smaller: written in its place
+                    self._digest.update(head)
+                    self._digest.update(crc)
+                    self.records += 1
+                    head, crc = e.pad
+            else:
+                length = e.length - FRAME.size - CRC.size
+                payload = os.pread(self.fd, length, e.offset + FRAME.size)
+                head = FRAME.pack(schema.PAD.tag, FLAG_OPTIONAL, length)
+                crc = CRC.pack(crc32c(head, payload))
+                if (os.pwrite(self.fd, head, e.offset) != len(head)
+                        or os.pwrite(self.fd, crc, e.offset + e.length - CRC.size) != len(crc)):
+                    raise OSError(errno.EIO, "short write")
+            self._digest.update(head)
+            self._digest.update(crc)
+            self.records += 1
+        os.lseek(self.fd, spool.end, os.SEEK_SET)
+        self.offset = spool.end
 
     def page_chunk(self, chunk: "PageChunk") -> None:
         """A PAGES record prepared (and checksummed) by page_chunk_frame,
@@ -342,7 +403,9 @@ class Output:
             else:
                 d, base = os.path.split(os.path.abspath(path))
                 self.tmp = os.path.join(d, f".{base}.umig-{os.getpid()}")
-                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                # read and write: grab may turn pre-read pages it wrote ahead
+                # into padding, reading them back (ImageWriter.adopt)
+                self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                                   0o600)
         except OSError as e:
             raise ImageIOError(f"cannot create {path}: {e.strerror}", path=path) from e
@@ -352,10 +415,11 @@ class Output:
         the file system's allocation is not paid while it is (best effort:
         the estimate may be far too large, the real size is set by commit)."""
         if self.tmp and nbytes > 0:
+            size = os.fstat(self.fd).st_size      # pre-read pages written ahead stay
             try:
                 os.posix_fallocate(self.fd, 0, nbytes)
             except OSError:
-                os.ftruncate(self.fd, 0)
+                os.ftruncate(self.fd, size)
 
     def commit(self, size: int) -> None:
         """The image of `size` bytes is complete: cut the file to it, sync,
