@@ -1217,12 +1217,15 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                 os.fdatasync(out_fd)
             except OSError:
                 pass        # said by the sync at the end, if it fails too
-        # what the image will take, at most: what was pre-read as it is, the
-        # rest as much as it holds (a file allocated for far more costs its
-        # cutting back while the process is frozen: 24 ms for 100 MiB on tmpfs)
-        rest = rss_kb * 1024 - (cache.covered if cache else 0)
-        prepare(max(rest, 0) + (cache.end if spool else cache.used if cache else 0)
-                + (4 << 20))
+        if spool is None:
+            # what the image will take, at most: what was pre-read as it is,
+            # the rest as much as it holds (a file allocated for far more
+            # costs its cutting back while the process is frozen: 24 ms for
+            # 100 MiB on tmpfs).  With the pre-read pages in the file already,
+            # what is left to write is too little to reserve: the cutting
+            # back would cost more than it saves (10-15 ms for 64 MiB)
+            rest = rss_kb * 1024 - (cache.covered if cache else 0)
+            prepare(max(rest, 0) + (cache.used if cache else 0) + (4 << 20))
         with critical():
             fr.freeze()
         now = Progress("frozen", frozen_at=fr.frozen_at)
