@@ -124,7 +124,7 @@ def worker_grab(pid: int, image: str, tree: bool = False) -> dict:
     out = Output(image)
     try:
         st = capture.grab(pid, out.fd, finish="kill", on_complete=out.commit,
-                          prepare=out.preallocate, tree=tree)
+                          prepare=out.preallocate, tree=tree, write_ahead=out.seekable)
     except BaseException:
         out.abort()
         raise

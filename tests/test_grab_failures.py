@@ -238,6 +238,9 @@ KINDS_REFUSED = {
             "a BPF map (anon_inode:bpf-map)"),
     "packet": ("import socket\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)",
                "a packet socket"),
+    # FIONREAD fails on it (EOPNOTSUPP): the family is still what is refused
+    "vsock": ("import socket\ns = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)",
+              "a vsock socket"),
     "userfaultfd": ("import ctypes, os\ns = ctypes.CDLL(None).syscall(323, os.O_CLOEXEC)\n"
                     "assert s == 3, s", "a userfaultfd (anon_inode:[userfaultfd])"),
     "device": ("import os\ns = os.open('/dev/kmsg', os.O_RDONLY)", "device /dev/kmsg (1:11)"),
@@ -246,7 +249,7 @@ KINDS_REFUSED = {
 
 @pytest.mark.parametrize("kind", sorted(KINDS_REFUSED))
 def test_fd_kinds_umig_cannot_move_are_refused_by_name(procs, tmp_path, kind):
-    """GIVEN python3 holding a netlink or packet socket, a pidfd, a fanotify
+    """GIVEN python3 holding a netlink, packet or vsock socket, a pidfd, a fanotify
     group, an io_uring, a perf event, a BPF map, a userfaultfd or a device
     umig does not know (/dev/kmsg)
     WHEN grabbed THEN refused naming the fd and what it is; it runs on."""

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -428,6 +429,44 @@ def test_memory_written_while_it_is_pre_read_is_taken_as_frozen(victim, procs, t
         assert not m and "state records outgrew the 4096 bytes kept" in msg, msg
     else:
         assert "pre-read" not in msg, msg
+    rpid = resume_detached(img, procs)
+    os.kill(rpid, signal.SIGUSR1)
+    assert wait_lines(out, 2, timeout=20)[1] == "PASS"
+
+
+DELETED_AND_BIG = """
+import hashlib, os, signal, sys, tempfile, time
+heap = bytearray(os.urandom(32 << 20))
+f = tempfile.TemporaryFile()               # deleted while open
+data = os.urandom(3 << 20)
+f.write(data)
+f.flush()
+want = hashlib.sha256(data).hexdigest()
+def check(*_):
+    f.seek(0)
+    ok = hashlib.sha256(f.read()).hexdigest() == want and len(heap) == 32 << 20
+    print("PASS" if ok else "FAIL", flush=True)
+signal.signal(signal.SIGUSR1, check)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_deleted_file_contents_fit_the_room_kept_for_the_state(procs, tmp_path):
+    """GIVEN python3 holding 32 MiB of random bytes and an open, deleted
+    temporary file of 3 MiB (its contents go into its FD record)
+    WHEN grabbed into a file with pre-reading
+    THEN the room kept ahead of the pre-read pages was big enough for the
+    state records (the pre-read pages were kept, not dropped), and the
+    resumed process reads the file's bytes back: PASS."""
+    out = tmp_path / "out"
+    src = procs.start([sys.executable, "-c", DELETED_AND_BIG], stdout=out.open("w"))
+    assert wait_lines(out, 1, timeout=30)[0] == "ready"
+    img = tmp_path / "img"
+    msg = grab(src.pid, img, "-v", "--preread", "on").stderr.decode()
+    src.wait(timeout=5)
+    assert "written ahead into the image" in msg and "dropped" not in msg, msg
     rpid = resume_detached(img, procs)
     os.kill(rpid, signal.SIGUSR1)
     assert wait_lines(out, 2, timeout=20)[1] == "PASS"

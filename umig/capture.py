@@ -836,12 +836,30 @@ def _spoolable(fd: int) -> bool:
         return False
 
 
-def _count_maps_fds(pid: int) -> tuple[int, int]:
-    """How many VMAs and fds the process has now (for Spool's room)."""
+def _state_room(t: Target, max_contents: int) -> int:
+    """precopy.state_room for the process as it is now: its VMAs, fds and
+    threads, with the XSAVE areas and the contents of deleted files and
+    memfds it holds (open or mapped), each up to max_contents."""
+    pid = t.pid
+    nthreads = int(t.status.get("Threads", "1"))
+    extra = nthreads * cpu.xsave_size()
     try:
-        return (procfs.read(pid, "maps").count(b"\n"), len(os.listdir(f"/proc/{pid}/fd")))
+        maps = procfs.read(pid, "maps").decode("utf-8", "surrogateescape").splitlines()
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return 0, 0
+        return precopy.state_room(0, 0, nthreads, extra)
+    for line in maps:
+        if line.endswith(" (deleted)"):
+            lo, hi = line.split(None, 1)[0].split("-")
+            extra += min(int(hi, 16) - int(lo, 16), max_contents)
+    for n in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{n}")
+            if link.endswith(" (deleted)") or link.startswith("/memfd:"):
+                extra += min(os.stat(f"/proc/{pid}/fd/{n}").st_size, max_contents)
+        except OSError:
+            continue
+    return precopy.state_room(len(maps), len(fds), nthreads, extra)
 
 
 def _preread(t: Target, check: Callable[[], None], progress: Callable[[Progress], None],
@@ -1147,7 +1165,8 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
          tcp_established: bool = False, ship_files: bool = False,
          external_pipes: str = "refuse",
          warn: Callable[[str], None] = lambda msg: None,
-         progress: Callable[[Progress], None] = lambda now: None) -> GrabStats:
+         progress: Callable[[Progress], None] = lambda now: None,
+         write_ahead: bool = False) -> GrabStats:
     """Write the image of process pid (with tree, of it and all its
     descendants) to out_fd; once it is complete (and on_complete(size),
     which puts a file image in place, succeeded) kill it (finish="kill"),
@@ -1164,7 +1183,10 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
     external_pipes: "refuse" a pipe to a process outside at fd > 2, or give
     the process "devnull" there.  warn(msg): what a failed grab could not
     undo (it is said at once: the exception follows).  progress(now): how
-    far it is (a Progress), at each phase and after every chunk of pages."""
+    far it is (a Progress), at each phase and after every chunk of pages.
+    write_ahead: out_fd is a new file of the caller's, open to read and
+    write, that it cuts to size or removes after: pre-read pages may be
+    written ahead into it (precopy.Spool)."""
     t0 = time.perf_counter()
     stats = GrabStats(pid)
     t = _refuse_early(pid, tree)
@@ -1201,17 +1223,18 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         spool = None
         if not tree and (preread == "on" or (preread == "auto"
                                              and rss_kb * 1024 >= precopy.MIN_RSS)):
-            if not ship_files and _spoolable(out_fd):
+            if write_ahead and not ship_files and _spoolable(out_fd):
                 # pre-read pages go into the image file itself, after room
                 # for the state records
-                spool = precopy.Spool(out_fd, precopy.state_room(
-                    *_count_maps_fds(pid), int(t.status.get("Threads", "1"))))
+                spool = precopy.Spool(out_fd, _state_room(t, max_contents))
             try:
                 tracker, cache = _preread(t, check, progress, spool)
             except OSError as e:
                 stats.precopy = f"off ({e.strerror or e})"
-        if spool is not None and cache is not spool:
-            spool = None              # pre-reading did not start: nothing was written
+        if spool is not None and (cache is not spool or not spool.entries):
+            # pre-reading did not start or wrote nothing: no room to keep
+            cache = None if cache is spool else cache
+            spool = None
         if spool is not None and spool.entries:
             try:            # on a disk, the sync at the end then has little left to do
                 os.fdatasync(out_fd)

@@ -78,7 +78,8 @@ def cmd_grab(args) -> int:
         with _Shown(f"grabbing process {args.pid}", os.isatty(2), "written") as shown:
             stats = capture.grab(args.pid, out.fd, finish=finish, interrupted=flag,
                                  on_complete=out.commit, prepare=out.preallocate, warn=_warn,
-                                 progress=shown, **_grab_kwargs(args))
+                                 progress=shown, write_ahead=out.seekable,
+                                 **_grab_kwargs(args))
     except BaseException:
         out.abort()             # never leave a partial image behind
         raise

@@ -842,8 +842,12 @@ class DeletedFile(FdKind):
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
         tmp = ctx.deleted_file((rec["dev"], rec["ino"]), rec["path"], rec["mode"],
                                rec["state"])
-        # the original's access mode and flags: open it again through /proc
-        fd = os.open(f"/proc/self/fd/{tmp}", (rec["flags"] & ~_OPEN_ONLY) | O_CLOEXEC)
+        # the original's access mode and flags: open it again through /proc,
+        # without O_TMPFILE (a file made with it keeps it in its flags, and
+        # its O_DIRECTORY part fails on a file) and O_NOFOLLOW (the /proc
+        # link is one), both of tempfile.TemporaryFile
+        fd = os.open(f"/proc/self/fd/{tmp}",
+                     (rec["flags"] & ~(_OPEN_ONLY | os.O_TMPFILE | os.O_NOFOLLOW)) | O_CLOEXEC)
         if not rec["flags"] & O_APPEND:
             os.lseek(fd, rec["pos"], os.SEEK_SET)
         return fd
@@ -1421,7 +1425,7 @@ class InetSocket(FdKind):
                               f"{name[0]}:{name[1]} with {waiting} connection(s) waiting "
                               f"to be accepted, which would be lost", pid=pid, fd=fd,
                               hint="grab it again once they are accepted")
-        if stype == socket.SOCK_DGRAM and p.queued:
+        if stype == socket.SOCK_DGRAM and p.queued:      # -1: it cannot tell either
             raise Refused(f"process {pid} fd {fd} is {what}: a {kind} socket with "
                           f"datagrams queued, which would be lost", pid=pid, fd=fd,
                           hint="let the program read them first")
@@ -1672,10 +1676,9 @@ NR_kcmp, KCMP_FILE = 312, 0
 def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
     """Give FD records that are one open file description (dup'ed, or
     inherited across fork) the same `desc`, found with kcmp(KCMP_FILE)
-    among fds of the same file at the same offset with the same flags.
-    Pipes and stdio are shared by how resume makes them; this is for
-    files, directories and devices."""
-    groups: dict[tuple, list[tuple[int, dict]]] = {}
+    among fds of the same file.  Pipes and stdio are shared by how resume
+    makes them; this is for files, directories and devices."""
+    groups: dict[tuple[int, int], list[tuple[int, dict]]] = {}
     for pid, fds in members:
         for rec in fds:
             rec.setdefault("desc", 0)
@@ -1684,11 +1687,10 @@ def share_descriptions(members: list[tuple[int, list[dict]]]) -> None:
                                MemFd.name, DeletedFile.name, UnixPair.name,
                                UnixConnection.name, Inotify.name,
                                PtyMaster.name, PtySlave.name):
-                # one description has one offset and one set of flags (the
-                # close-on-exec bit is the fd's, not in them): only fds
-                # alike in all of these need kcmp
-                groups.setdefault((rec["dev"], rec["ino"], rec["pos"], rec["flags"]),
-                                  []).append((pid, rec))
+                # not split by offset or flags: a process outside the
+                # frozen ones may share a description and move its offset
+                # between the reading of two fds
+                groups.setdefault((rec["dev"], rec["ino"]), []).append((pid, rec))
     next_id = 1
     for group in groups.values():
         if len(group) < 2:
@@ -1728,7 +1730,7 @@ def pipe_records(members: list[tuple[int, list[dict]]], external: str = "refuse"
     probed: dict[int, tuple[int, int]] = {}     # ino: (capacity, bytes in it), as scanned
     for pid, fds in members:
         for rec in fds:
-            if "_pipe" in rec:
+            if "_pipe" in rec:       # (capacity, bytes in it or -1: unknown)
                 probed[rec["ino"]] = rec.pop("_pipe")
             if rec["kind"] in (Pipe.name, Stdio.name) and rec["path"].startswith("pipe:"):
                 side = "w" if rec["flags"] & O_ACCMODE == os.O_WRONLY else "r"
@@ -1860,7 +1862,7 @@ ANON_NAMES = {"io_uring": "an io_uring instance", "perf_event": "a perf event",
               "inotify": "an inotify instance", "userfaultfd": "a userfaultfd",
               "kvm": "a KVM object", "dmabuf": "a DMA buffer"}
 SOCKET_FAMILIES = {socket.AF_NETLINK: "a netlink socket", socket.AF_PACKET: "a packet socket",
-                   socket.AF_UNIX: "a unix socket"}
+                   socket.AF_UNIX: "a unix socket", socket.AF_VSOCK: "a vsock socket"}
 
 
 def _what(info: FdInfo) -> str:
@@ -1996,7 +1998,10 @@ def describe_all(pid: int, max_contents: int = MAX_CONTENTS, tcp=None) -> list[d
     if len(fds) > DIAG_DUMP_FROM:
         _diag_table = unix_diag_all()
     try:
-        out = _describe_each(pid, fd_infos(pid, fds), max_contents, tcp)
+        # closed here, also on a refusal: the scan threads stop before the
+        # process is thawed and the pidfd closed
+        with contextlib.closing(fd_infos(pid, fds)) as infos:
+            out = _describe_each(pid, infos, max_contents, tcp)
     finally:
         _diag_table = None
     return out

@@ -257,7 +257,7 @@ def to_file(pid: int, path: str, warn, interrupted=lambda: False,
         try:
             stats = capture.grab(pid, out.fd, finish="hold", interrupted=interrupted,
                                  prepare=out.preallocate, on_complete=out.sync, warn=warn,
-                                 progress=progress, **grab_options)
+                                 progress=progress, write_ahead=out.seekable, **grab_options)
         except BaseException as e:
             out.abort()
             if isinstance(e, UmigError) and not isinstance(e, (NoProcess, Interrupted)):

@@ -287,20 +287,21 @@ class Spool:
         return e
 
 
-def state_room(nvmas: int, nfds: int, nthreads: int) -> int:
+def state_room(nvmas: int, nfds: int, nthreads: int, extra: int = 0) -> int:
     """Bytes to keep for a process's state records ahead of pages written
     in advance (the image's first bytes, up to its PAD record).  Measured:
     a C program with 24 VMAs, 3 fds and one thread takes 18.6 KB (VMA
     records some 130 bytes with their path, FD records 100-200, a THREAD
     2.6-3.2 KB with its XSAVE area, the rest about 8 KB); this keeps a
     quarter more than 16 KiB + 256 per VMA + 384 per fd + 4 KiB per
-    thread.  A state that outgrows it (a big pipe buffer, a deleted file's
-    contents, fds opened meanwhile) makes grab start the image again
+    thread, plus `extra`: what grab knows will be carried (XSAVE areas, a
+    deleted file's or memfd's contents).  A state that outgrows it (a big
+    pipe buffer, fds opened meanwhile) makes grab start the image again
     without the pre-read pages (ImageWriter.limit, NoRoom)."""
     override = os.environ.get("UMIG_STATE_ROOM")     # tests: force the fallback
     if override:
         return int(override)
-    return (16_384 + 256 * nvmas + 384 * nfds + 4_096 * nthreads) * 5 // 4
+    return (16_384 + 256 * nvmas + 384 * nfds + 4_096 * nthreads + extra) * 5 // 4
 
 
 def _key(chunk) -> tuple:

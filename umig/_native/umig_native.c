@@ -680,10 +680,9 @@ int umig_fd_probe(int pidfd, int fd, int sock, struct umig_fdprobe *p)
     if (s < 0)
         return -(p->err = errno);
     int r = 0, q = 0;
-    if (ioctl(s, FIONREAD, &q) == 0)
-        p->queued = q;
-    else if (errno != EINVAL && errno != ENOTTY)
-        r = -errno;                  /* a listener has no queue to tell */
+    /* -1: cannot tell (a listener, or a family without FIONREAD): the
+     * caller looks for itself or refuses by family */
+    p->queued = ioctl(s, FIONREAD, &q) == 0 ? q : -1;
     if (!sock) {
         int sz = fcntl(s, F_GETPIPE_SZ);
         if (sz < 0)
@@ -691,7 +690,7 @@ int umig_fd_probe(int pidfd, int fd, int sock, struct umig_fdprobe *p)
         p->pipe_size = sz;
         goto out;
     }
-    if (r || (r = sockopt_int(s, SOL_SOCKET, SO_DOMAIN, &p->family)) ||
+    if ((r = sockopt_int(s, SOL_SOCKET, SO_DOMAIN, &p->family)) ||
         (r = sockopt_int(s, SOL_SOCKET, SO_TYPE, &p->type)) ||
         (r = sockopt_int(s, SOL_SOCKET, SO_PROTOCOL, &p->proto)))
         goto out;

@@ -61,7 +61,8 @@ uint32_t umig_crc32c(uint32_t crc, const uint8_t *buf, uint64_t len);
  * looked at, 0 read, else the errno that stopped it. */
 struct umig_fdprobe {
     int32_t err;
-    int32_t queued;            /* FIONREAD: bytes (stream, pipe) or the next datagram */
+    int32_t queued;            /* FIONREAD: bytes (stream, pipe) or the next datagram;
+                                  -1 when it cannot tell (a listener, some families) */
     int32_t pipe_size;         /* F_GETPIPE_SZ; 0 for a socket */
     int32_t family, type, proto;
     int32_t listening;         /* SO_ACCEPTCONN */

@@ -480,7 +480,8 @@ PAD = Record(20, "PAD", (
 ), "Bytes that mean nothing, skipped by readers: room grab kept for the state "
    "records in an image file whose pre-read pages it wrote ahead of them, and "
    "pre-read pages found written since (their PAGES frame turned into PAD in "
-   "place).  May come anywhere between HEADER and TRAILER.", optional=True)
+   "place, its bytes zeros).  May come anywhere between HEADER and TRAILER.",
+   optional=True)
 
 RECORDS: dict[int, Record] = {r.tag: r for r in (
     HEADER, PROCESS, CREDS, RLIMITS, MM, VMA, VDSO, THREAD, SIGACTIONS, PENDING,

@@ -41,6 +41,35 @@ def crc32c(*parts) -> int:
     return crc
 
 
+_ZEROS = bytes(1 << 20)
+NR_fallocate = 285
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+
+
+def crc32c_zeros(crc: int, n: int) -> int:
+    """crc32c continued over n zero bytes."""
+    while n:
+        k = min(n, len(_ZEROS))
+        crc = lib.umig_crc32c(crc, _ZEROS, k)
+        n -= k
+    return crc
+
+
+def zero_range(fd: int, offset: int, n: int) -> None:
+    """Make n bytes of a file at offset zeros: a hole punched in it (no
+    bytes to write), or zeros written where the file system cannot."""
+    from ..native import syscall
+    try:
+        syscall(NR_fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, n)
+        return
+    except OSError:
+        pass
+    while n:
+        k = os.pwrite(fd, memoryview(_ZEROS)[:min(n, len(_ZEROS))], offset)
+        offset += k
+        n -= k
+
+
 HOLD_BELOW = 256 << 10
 SMALL_RECORD = 64 << 10
 
@@ -167,10 +196,12 @@ class ImageWriter:
                     self.records += 1
                     head, crc = e.pad
             else:
+                # the old pages go (nothing written over in memory stays in
+                # the image): their bytes become zeros, a PAD's payload
                 length = e.length - FRAME.size - CRC.size
-                payload = os.pread(self.fd, length, e.offset + FRAME.size)
+                zero_range(self.fd, e.offset + FRAME.size, length)
                 head = FRAME.pack(schema.PAD.tag, FLAG_OPTIONAL, length)
-                crc = CRC.pack(crc32c(head, payload))
+                crc = CRC.pack(crc32c_zeros(crc32c(head), length))
                 if (os.pwrite(self.fd, head, e.offset) != len(head)
                         or os.pwrite(self.fd, crc, e.offset + e.length - CRC.size) != len(crc)):
                     raise OSError(errno.EIO, "short write")
@@ -387,6 +418,7 @@ class Output:
     def __init__(self, path: str | None):
         self.path = path
         self.tmp: str | None = None
+        self.seekable = False      # a new file of ours, open to read and write
         if path in (None, "-"):
             self.fd = 1
             return
@@ -403,10 +435,14 @@ class Output:
             else:
                 d, base = os.path.split(os.path.abspath(path))
                 self.tmp = os.path.join(d, f".{base}.umig-{os.getpid()}")
-                # read and write: grab may turn pre-read pages it wrote ahead
-                # into padding, reading them back (ImageWriter.adopt)
-                self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                                  0o600)
+                # read and write if it can: grab writes pre-read pages ahead
+                # into a file it may seek in (Output.seekable)
+                flags = os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                try:
+                    self.fd = os.open(self.tmp, os.O_RDWR | flags, 0o600)
+                    self.seekable = True
+                except OSError:
+                    self.fd = os.open(self.tmp, os.O_WRONLY | flags, 0o600)
         except OSError as e:
             raise ImageIOError(f"cannot create {path}: {e.strerror}", path=path) from e
 
