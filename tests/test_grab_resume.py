@@ -435,16 +435,21 @@ def test_memory_written_while_it_is_pre_read_is_taken_as_frozen(victim, procs, t
 
 
 DELETED_AND_BIG = """
-import hashlib, os, signal, sys, tempfile, time
+import fcntl, hashlib, os, signal, sys, tempfile, time
 heap = bytearray(os.urandom(32 << 20))
 f = tempfile.TemporaryFile()               # deleted while open
 data = os.urandom(3 << 20)
 f.write(data)
 f.flush()
 want = hashlib.sha256(data).hexdigest()
+r, w = os.pipe()
+fcntl.fcntl(w, 1031, 1 << 20)              # F_SETPIPE_SZ: 1 MiB, filled
+queued = os.urandom(1 << 20)
+os.write(w, queued)
 def check(*_):
     f.seek(0)
     ok = hashlib.sha256(f.read()).hexdigest() == want and len(heap) == 32 << 20
+    ok = ok and os.read(r, 2 << 20) == queued
     print("PASS" if ok else "FAIL", flush=True)
 signal.signal(signal.SIGUSR1, check)
 print("ready", flush=True)
@@ -453,13 +458,14 @@ while True:
 """
 
 
-def test_deleted_file_contents_fit_the_room_kept_for_the_state(procs, tmp_path):
-    """GIVEN python3 holding 32 MiB of random bytes and an open, deleted
-    temporary file of 3 MiB (its contents go into its FD record)
+def test_deleted_file_and_pipe_contents_fit_the_room_kept_for_the_state(procs, tmp_path):
+    """GIVEN python3 holding 32 MiB of random bytes, an open, deleted
+    temporary file of 3 MiB (its contents go into its FD record) and a pipe
+    holding 1 MiB (into its PIPE record)
     WHEN grabbed into a file with pre-reading
     THEN the room kept ahead of the pre-read pages was big enough for the
     state records (the pre-read pages were kept, not dropped), and the
-    resumed process reads the file's bytes back: PASS."""
+    resumed process reads the file's and the pipe's bytes back: PASS."""
     out = tmp_path / "out"
     src = procs.start([sys.executable, "-c", DELETED_AND_BIG], stdout=out.open("w"))
     assert wait_lines(out, 1, timeout=30)[0] == "ready"

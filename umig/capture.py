@@ -838,8 +838,9 @@ def _spoolable(fd: int) -> bool:
 
 def _state_room(t: Target, max_contents: int) -> int:
     """precopy.state_room for the process as it is now: its VMAs, fds and
-    threads, with the XSAVE areas and the contents of deleted files and
-    memfds it holds (open or mapped), each up to max_contents."""
+    threads, with the XSAVE areas, the contents of deleted files and
+    memfds it holds (open or mapped), each up to max_contents, and the
+    bytes in its pipes (a PIPE record carries them)."""
     pid = t.pid
     nthreads = int(t.status.get("Threads", "1"))
     extra = nthreads * cpu.xsave_size()
@@ -852,14 +853,27 @@ def _state_room(t: Target, max_contents: int) -> int:
         if line.endswith(" (deleted)"):
             lo, hi = line.split(None, 1)[0].split("-")
             extra += min(int(hi, 16) - int(lo, 16), max_contents)
+    pipes: set[str] = set()
     for n in fds:
         try:
             link = os.readlink(f"/proc/{pid}/fd/{n}")
             if link.endswith(" (deleted)") or link.startswith("/memfd:"):
                 extra += min(os.stat(f"/proc/{pid}/fd/{n}").st_size, max_contents)
+            elif link.startswith("pipe:") and link not in pipes:
+                pipes.add(link)
+                extra += _pipe_bytes(pid, int(n))
         except OSError:
             continue
     return precopy.state_room(len(maps), len(fds), nthreads, extra)
+
+
+def _pipe_bytes(pid: int, fd: int) -> int:
+    """Bytes in the pipe at pid's fd now (FIONREAD on a copy of it)."""
+    ours = fdtable.take_fd(pid, fd)
+    try:
+        return struct.unpack("i", fcntl.ioctl(ours, fdtable.FIONREAD, b"\0" * 4))[0]
+    finally:
+        os.close(ours)
 
 
 def _preread(t: Target, check: Callable[[], None], progress: Callable[[Progress], None],
