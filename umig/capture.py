@@ -1308,6 +1308,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                 w.record(schema.PIPE, pipe)
 
         w = ImageWriter(out_fd, version=2 if needs_v2 else 1)
+        outgrew = ""
         if spool is None:
             state(w)
         else:
@@ -1316,13 +1317,16 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
                 state(w)
                 w.pad_to(spool.start)
             except NoRoom:
-                # more state than the room kept: the image starts again, its
-                # pages all read now (nothing past the room was written)
-                stats.precopy = (f"pre-read pages dropped: the state records outgrew the "
-                                 f"{spool.start} bytes kept for them")
+                # more state than the room kept (nothing past it was
+                # written): the image starts again, with what an in-memory
+                # cache would have kept of the pre-read pages (read back)
+                outgrew = (f"; the state records outgrew the {spool.start} bytes kept "
+                           f"for them, so only the first {precopy.BUDGET >> 20} MiB of "
+                           f"pre-read pages were kept")
+                cache = spool.to_cache()
                 os.lseek(out_fd, 0, os.SEEK_SET)
                 os.ftruncate(out_fd, 0)
-                cache = spool = None
+                spool = None
                 w = ImageWriter(out_fd, version=2 if needs_v2 else 1)
                 state(w)
         member_ranges = [sorted(_present_ranges(m.t, [v for v in m.vmas
@@ -1345,7 +1349,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             stats.precopy = (f"{cache.reused} pre-read chunks kept, {cache.reread} read "
                              f"again frozen" + (f" (written ahead into the image; "
                                                 f"{cache.in_place} of those read again "
-                                                f"in place)" if spool else ""))
+                                                f"in place)" if spool else "") + outgrew)
         w.record(schema.ROUND_END, {"round": 0, "pages": w.pages,
                                     "records": w.page_records})
         check()

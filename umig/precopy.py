@@ -29,7 +29,7 @@ import os
 import struct
 
 from .image import schema
-from .image.stream import FLAG_OPTIONAL, PageChunk, crc32c
+from .image.stream import FLAG_OPTIONAL, PAGES_HEAD, PageChunk, crc32c
 from .native import PAGE, ffi, lib, syscall
 
 NR_close, NR_userfaultfd, NR_pidfd_getfd = 3, 323, 438
@@ -255,6 +255,24 @@ class Spool:
             self.reread += 1
             self._stale[_key(chunk)] = e
         return None
+
+    def to_cache(self, budget: int = BUDGET) -> Cache:
+        """The chunks written so far as a Cache holds them, read back from
+        the file in order up to its budget: what grab keeps of them when
+        the image must start again (the state outgrew its room)."""
+        cache = Cache(budget)
+        for key, e in self._by_key.items():
+            if cache.full():
+                break
+            payload = os.pread(self.fd, e.length - PAD_FRAME, e.offset + len(e.head))
+            runs_end = PAGES_HEAD.size + 16 * PAGES_HEAD.unpack_from(payload)[3]
+            pc = PageChunk(e.head, [payload[:PAGES_HEAD.size],
+                                    payload[PAGES_HEAD.size:runs_end], payload[runs_end:]],
+                           e.crc, e.npages)
+            cache.chunks[key] = (pc, e.pages)
+            cache.used += len(payload)
+            cache.covered += e.npages * PAGE
+        return cache
 
     def stale(self, chunk) -> SpoolEntry | None:
         """The copy of chunk in the file, if take() found it written since."""
