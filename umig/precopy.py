@@ -313,9 +313,10 @@ def state_room(nvmas: int, nfds: int, nthreads: int, extra: int = 0) -> int:
     2.6-3.2 KB with its XSAVE area, the rest about 8 KB); this keeps a
     quarter more than 16 KiB + 256 per VMA + 384 per fd + 4 KiB per
     thread, plus `extra`: what grab knows will be carried (XSAVE areas, a
-    deleted file's or memfd's contents).  A state that outgrows it (a big
-    pipe buffer, fds opened meanwhile) makes grab start the image again
-    without the pre-read pages (ImageWriter.limit, NoRoom)."""
+    deleted file's or memfd's contents, the bytes in pipes).  A state that
+    outgrows it (a unix socket's queue, fds opened meanwhile) makes grab
+    start the image again, keeping the first BUDGET bytes of pre-read
+    pages in memory (ImageWriter.limit, NoRoom, Spool.to_cache)."""
     override = os.environ.get("UMIG_STATE_ROOM")     # tests: force the fallback
     if override:
         return int(override)
