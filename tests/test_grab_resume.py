@@ -3,6 +3,7 @@ the resumed process observably does."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -423,6 +424,8 @@ def test_memory_written_while_it_is_pre_read_is_taken_as_frozen(victim, procs, t
         # in the file: the room before the pages (and what a chunk found
         # written since left), and no page in the image twice
         assert (pads >= 1) == into_file and not sent_twice, (pads, sent_twice)
+        summary = json.loads(run_umig("info", "--json", str(img)).stdout)["summary"]
+        assert summary["pad_records"] == pads and (summary["pad_bytes"] > 0) == into_file
         if noise:      # the two 4 MiB windows of the hot part at least
             placed = re.search(r"(\d+) of those read again in place", msg)
             assert placed and int(placed[1]) >= 2, msg

@@ -60,6 +60,7 @@ class Scan:
         self.page_size = 4096
         self.frames = self.page_records = self.pages = self.zero_pages = 0
         self.outside = self.data_bytes = self.raw_bytes = self.pad_bytes = 0
+        self.pad_records = 0
 
     def add(self, frame) -> None:
         self.frames += 1
@@ -68,6 +69,7 @@ class Scan:
         elif frame.tag == schema.PAD.tag:
             values = {"bytes": len(frame.payload)}      # what it fills, not the zeros
             self.pad_bytes += len(frame.payload)
+            self.pad_records += 1
         else:
             values = frame.decode()
             self.state.setdefault(frame.name, []).append(values)
@@ -150,6 +152,7 @@ class Scan:
             "raw_bytes": self.raw_bytes,
             "ratio": round(self.raw_bytes / self.data_bytes, 3) if self.data_bytes else None,
             "rounds_complete": [r["round"] for r in self.state.get("ROUND_END", [])],
+            "pad_records": self.pad_records, "pad_bytes": self.pad_bytes,
             "image_bytes": self.image_bytes, "trailer_verified": True}
 
 
@@ -386,6 +389,9 @@ def _render(scan: Scan, version: int) -> None:
         ("page data", f"{_size(s['data_bytes'])} in the image, {_size(s['raw_bytes'])} raw"
          + (f" (ratio {s['ratio']:.2f})" if s["ratio"] else "")),
         ("rounds complete", " ".join(map(str, s["rounds_complete"])) or "none"),
+        *([("padding", f"{_size(s['pad_bytes'])} in {s['pad_records']} PAD record"
+            f"{'s' if s['pad_records'] > 1 else ''} (pre-read pages were written ahead)")]
+          if s["pad_records"] else []),
         ("image size", f"{_size(s['image_bytes'])} ({s['image_bytes']} bytes)"),
         ("trailer", "verified (record count and digest)")])
 
