@@ -172,7 +172,8 @@ def test_established_tcp_connection_is_refused_by_name(procs, tmp_path):
 
 
 def test_fifos_are_reopened_by_path_with_their_bytes_once(procs, tmp_path):
-    """GIVEN python3 holding both ends of FIFO `own` (bytes in it) and of
+    """GIVEN python3 holding both ends of FIFO `own` (bytes in it; the read
+    end opened O_NOFOLLOW, which stays in its flags) and of
     FIFO `shared`, which this test also holds open for writing (bytes in it)
     WHEN grabbed and resumed
     THEN `own` gives back its bytes (written back: nobody else held it),

@@ -483,6 +483,35 @@ def test_deleted_file_and_pipe_contents_fit_the_room_kept_for_the_state(procs, t
     assert wait_lines(out, 2, timeout=20)[1] == "PASS"
 
 
+SHARED_ANON = """
+import mmap, os, time
+heap = bytearray(os.urandom(24 << 20))
+shared = [mmap.mmap(-1, 64 << 20) for _ in range(4)]     # "/dev/zero (deleted)" in maps
+for m in shared:
+    m[:5] = b"hello"
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_shared_anonymous_memory_is_not_counted_as_a_deleted_file(procs, tmp_path):
+    """GIVEN python3 with 24 MiB of heap and four 64 MiB shared anonymous
+    mappings (which /proc/PID/maps names "/dev/zero (deleted)")
+    WHEN grabbed into a file with pre-reading
+    THEN the room kept for the state (the PAD after it) stays small: those
+    mappings' pages are PAGES records, no file contents are carried for
+    them (counted as deleted files, they made a 64 MiB PAD)."""
+    out = tmp_path / "out"
+    src = procs.start([sys.executable, "-c", SHARED_ANON], stdout=out.open("w"))
+    assert wait_lines(out, 1, timeout=30)[0] == "ready"
+    img = tmp_path / "img"
+    msg = grab(src.pid, img, "-v", "--preread", "on").stderr.decode()
+    src.wait(timeout=5)
+    assert "written ahead into the image" in msg, msg
+    summary = json.loads(run_umig("info", "--json", str(img)).stdout)["summary"]
+    assert 0 < summary["pad_bytes"] < 1 << 20, summary
+
+
 def test_memory_dropped_while_it_is_pre_read_reads_as_zeros_after_resume(victim, procs,
                                                                           tmp_path):
     """GIVEN the churning process of the test above, which also drops a page

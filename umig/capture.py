@@ -838,40 +838,64 @@ def _spoolable(fd: int) -> bool:
 
 def _state_room(t: Target, max_contents: int) -> int:
     """precopy.state_room for the process as it is now: its VMAs, fds and
-    threads, with the XSAVE areas, the contents of deleted files and
-    memfds it holds (open or mapped), each up to max_contents, and the
-    bytes in its pipes (a PIPE record carries them)."""
+    threads, with the XSAVE areas, the contents of the deleted files and
+    memfds it holds (each file once, up to max_contents; a deleted file it
+    only maps counts as much as it maps: a FILE record carries it), and
+    the bytes in its pipes (a PIPE record carries them).  Shared anonymous
+    memory, SysV segments and mapped memfds show as deleted files in
+    /proc/PID/maps too; their pages are PAGES records, not counted here."""
     pid = t.pid
     nthreads = int(t.status.get("Threads", "1"))
     extra = nthreads * cpu.xsave_size()
     try:
         maps = procfs.read(pid, "maps").decode("utf-8", "surrogateescape").splitlines()
         fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
+        pidfd = os.pidfd_open(pid)
+    except (OSError, UmigError):
         return precopy.state_room(0, 0, nthreads, extra)
-    for line in maps:
-        if line.endswith(" (deleted)"):
-            lo, hi = line.split(None, 1)[0].split("-")
-            extra += min(int(hi, 16) - int(lo, 16), max_contents)
+    held: set[tuple[int, int]] = set()           # (dev, ino) of files counted by fd
     pipes: set[str] = set()
-    for n in fds:
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{n}")
-            if link.endswith(" (deleted)") or link.startswith("/memfd:"):
-                extra += min(os.stat(f"/proc/{pid}/fd/{n}").st_size, max_contents)
-            elif link.startswith("pipe:") and link not in pipes:
-                pipes.add(link)
-                extra += _pipe_bytes(pid, int(n))
-        except OSError:
+    try:
+        for n in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{n}")
+                if link.endswith(" (deleted)") or link.startswith("/memfd:"):
+                    st = os.stat(f"/proc/{pid}/fd/{n}")
+                    if (st.st_dev, st.st_ino) not in held:
+                        held.add((st.st_dev, st.st_ino))
+                        extra += min(st.st_size, max_contents)
+                elif link.startswith("pipe:") and link not in pipes:
+                    pipes.add(link)
+                    extra += _pipe_bytes(pidfd, int(n))
+            except OSError:
+                continue
+    finally:
+        os.close(pidfd)
+    mapped: dict[str, int] = {}       # "major:minor inode" of a deleted file: bytes mapped
+    for line in maps:
+        parts = line.split(None, 5)
+        if len(parts) < 6 or not parts[5].endswith(" (deleted)") or \
+                parts[5].startswith(("/dev/zero", "/SYSV", "/memfd:")):
             continue
+        major, minor = (int(x, 16) for x in parts[3].split(":"))
+        if (os.makedev(major, minor), int(parts[4])) in held:
+            continue
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        key = f"{parts[3]} {parts[4]}"
+        mapped[key] = mapped.get(key, 0) + hi - lo
+    extra += sum(min(n, max_contents) for n in mapped.values())
     return precopy.state_room(len(maps), len(fds), nthreads, extra)
 
 
-def _pipe_bytes(pid: int, fd: int) -> int:
-    """Bytes in the pipe at pid's fd now (FIONREAD on a copy of it)."""
-    ours = fdtable.take_fd(pid, fd)
+def _pipe_bytes(pidfd: int, fd: int) -> int:
+    """Bytes in the pipe at fd of the process behind pidfd now (FIONREAD
+    on a copy of it; 0 if the fd changed meanwhile)."""
+    from .native import syscall
+    ours = syscall(fdtable.NR_pidfd_getfd, pidfd, fd, 0)
     try:
-        return struct.unpack("i", fcntl.ioctl(ours, fdtable.FIONREAD, b"\0" * 4))[0]
+        if not stat.S_ISFIFO(os.fstat(ours).st_mode):
+            return 0
+        return max(0, struct.unpack("i", fcntl.ioctl(ours, fdtable.FIONREAD, b"\0" * 4))[0])
     finally:
         os.close(ours)
 

@@ -202,6 +202,16 @@ class FdKind:
         raise NotImplementedError
 
 
+def _reopen(ours: int, flags: int) -> int:
+    """A new open file description of umig's own fd `ours` (through
+    /proc/self/fd, a symlink) with a recorded fd's flags: without those
+    that only mean something when a file is made or a path followed
+    (O_NOFOLLOW would refuse the /proc link; O_TMPFILE, kept in the flags
+    of a file made with it, holds O_DIRECTORY)."""
+    return os.open(f"/proc/self/fd/{ours}",
+                   (flags & ~(_OPEN_ONLY | os.O_TMPFILE | os.O_NOFOLLOW)) | O_CLOEXEC)
+
+
 def _open(path: str, rec: dict) -> int:
     flags = (rec["flags"] & ~_OPEN_ONLY) | O_CLOEXEC
     try:
@@ -842,12 +852,9 @@ class DeletedFile(FdKind):
     def recreate(cls, rec: dict, ctx: "ResumeFds") -> int:
         tmp = ctx.deleted_file((rec["dev"], rec["ino"]), rec["path"], rec["mode"],
                                rec["state"])
-        # the original's access mode and flags: open it again through /proc,
-        # without O_TMPFILE (a file made with it keeps it in its flags, and
-        # its O_DIRECTORY part fails on a file) and O_NOFOLLOW (the /proc
-        # link is one), both of tempfile.TemporaryFile
-        fd = os.open(f"/proc/self/fd/{tmp}",
-                     (rec["flags"] & ~(_OPEN_ONLY | os.O_TMPFILE | os.O_NOFOLLOW)) | O_CLOEXEC)
+        # the original's access mode and flags (tempfile.TemporaryFile's
+        # O_TMPFILE and O_NOFOLLOW too): open it again through /proc
+        fd = _reopen(tmp, rec["flags"])
         if not rec["flags"] & O_APPEND:
             os.lseek(fd, rec["pos"], os.SEEK_SET)
         return fd
@@ -1539,8 +1546,7 @@ class Fifo(FdKind):
             data = memoryview(rec["state"])
             while data:
                 data = data[os.write(both, data):]
-        fd = os.open(f"/proc/self/fd/{both}", (rec["flags"] & ~_OPEN_ONLY) | O_CLOEXEC
-                     | os.O_NONBLOCK)
+        fd = _reopen(both, rec["flags"] | os.O_NONBLOCK)
         if not rec["flags"] & os.O_NONBLOCK:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return fd

@@ -1,5 +1,5 @@
 """Two FIFOs in DIR (argv[1]): `own` (this process holds both ends, with
-"queued-1" in it) and `shared` (the test holds a write end too; this
+"queued-1" in it; its read end opened O_NOFOLLOW) and `shared` (the test holds a write end too; this
 process wrote "queued-2" into it).  Prints "ready"; on SIGUSR1 reads
 `own` ("queued-1" exactly), then `shared` until "queued-2outside" (the
 test writes "outside" after the resume), prints PASS or FAIL."""
@@ -12,7 +12,8 @@ d = sys.argv[1]
 own, shared = os.path.join(d, "own"), os.path.join(d, "shared")
 os.mkfifo(own)
 os.mkfifo(shared)
-r1 = os.open(own, os.O_RDONLY | os.O_NONBLOCK)
+# O_NOFOLLOW stays in an fd's flags: resume must not reopen through /proc with it
+r1 = os.open(own, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
 w1 = os.open(own, os.O_WRONLY)
 r2 = os.open(shared, os.O_RDONLY | os.O_NONBLOCK)
 w2 = os.open(shared, os.O_WRONLY)

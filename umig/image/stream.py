@@ -171,7 +171,31 @@ class ImageWriter:
             raise NoRoom(self.offset)
         self.limit = None
         if gap:
-            self._frame(schema.PAD.tag, FLAG_OPTIONAL, [bytes(gap - FRAME.size - CRC.size)])
+            # zeros, as a hole where the file has one (the room was never
+            # written): no buffer of them, nothing to write but head and crc
+            n = gap - FRAME.size - CRC.size
+            head = FRAME.pack(schema.PAD.tag, FLAG_OPTIONAL, n)
+            crc = CRC.pack(crc32c_zeros(crc32c(head), n))
+            if self._seekable():
+                zero_range(self.fd, self.offset + FRAME.size, n)
+                os.pwrite(self.fd, head, self.offset)
+                os.pwrite(self.fd, crc, self.offset + FRAME.size + n)
+                os.lseek(self.fd, self.offset + gap, os.SEEK_SET)
+                self.offset += gap
+                self._digest.update(head)
+                self._digest.update(crc)
+                self.records += 1
+            else:
+                self._write_framed(head, [bytes(n)], crc)
+
+    def _seekable(self) -> bool:
+        """A regular file written from where this writer started (its
+        position is the image's offset)."""
+        try:
+            return (stat.S_ISREG(os.fstat(self.fd).st_mode)
+                    and os.lseek(self.fd, 0, os.SEEK_CUR) == self.offset)
+        except OSError:
+            return False
 
     def adopt(self, spool) -> None:
         """Take in the page chunks a precopy.Spool wrote into this (regular)
