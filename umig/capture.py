@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import mmap
 import os
 import platform
@@ -823,19 +822,6 @@ def _redo_in_place(t: Target, spool: precopy.Spool, chunks: list, kept: list,
         fresh.close()
 
 
-def _spoolable(fd: int) -> bool:
-    """Whether grab may write pre-read pages ahead into fd: a regular file,
-    empty so far, open for reading and writing (not appending) at its
-    start."""
-    try:
-        st = os.fstat(fd)
-        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-        return (stat.S_ISREG(st.st_mode) and st.st_size == 0 and not fl & os.O_APPEND
-                and fl & os.O_ACCMODE == os.O_RDWR and os.lseek(fd, 0, os.SEEK_CUR) == 0)
-    except OSError:
-        return False
-
-
 def _state_room(t: Target, max_contents: int) -> int:
     """precopy.state_room for the process as it is now: its VMAs, fds and
     threads, with the XSAVE areas, the contents of the deleted files and
@@ -850,12 +836,11 @@ def _state_room(t: Target, max_contents: int) -> int:
     try:
         maps = procfs.read(pid, "maps").decode("utf-8", "surrogateescape").splitlines()
         fds = os.listdir(f"/proc/{pid}/fd")
-        pidfd = os.pidfd_open(pid)
     except (OSError, UmigError):
         return precopy.state_room(0, 0, nthreads, extra)
     held: set[tuple[int, int]] = set()           # (dev, ino) of files counted by fd
     pipes: set[str] = set()
-    try:
+    with fdtable.pidfds():                       # one pidfd for all the pipes
         for n in fds:
             try:
                 link = os.readlink(f"/proc/{pid}/fd/{n}")
@@ -866,11 +851,9 @@ def _state_room(t: Target, max_contents: int) -> int:
                         extra += min(st.st_size, max_contents)
                 elif link.startswith("pipe:") and link not in pipes:
                     pipes.add(link)
-                    extra += _pipe_bytes(pidfd, int(n))
+                    extra += _pipe_bytes(pid, int(n))
             except OSError:
                 continue
-    finally:
-        os.close(pidfd)
     mapped: dict[str, int] = {}       # "major:minor inode" of a deleted file: bytes mapped
     for line in maps:
         parts = line.split(None, 5)
@@ -887,15 +870,11 @@ def _state_room(t: Target, max_contents: int) -> int:
     return precopy.state_room(len(maps), len(fds), nthreads, extra)
 
 
-def _pipe_bytes(pidfd: int, fd: int) -> int:
-    """Bytes in the pipe at fd of the process behind pidfd now (FIONREAD
-    on a copy of it; 0 if the fd changed meanwhile)."""
-    from .native import syscall
-    ours = syscall(fdtable.NR_pidfd_getfd, pidfd, fd, 0)
+def _pipe_bytes(pid: int, fd: int) -> int:
+    """Bytes in the pipe at pid's fd now (0 if the fd changed meanwhile)."""
+    ours = fdtable.take_fd(pid, fd)
     try:
-        if not stat.S_ISFIFO(os.fstat(ours).st_mode):
-            return 0
-        return max(0, struct.unpack("i", fcntl.ioctl(ours, fdtable.FIONREAD, b"\0" * 4))[0])
+        return fdtable.queued_bytes(ours) if stat.S_ISFIFO(os.fstat(ours).st_mode) else 0
     finally:
         os.close(ours)
 
@@ -1261,7 +1240,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
         spool = None
         if not tree and (preread == "on" or (preread == "auto"
                                              and rss_kb * 1024 >= precopy.MIN_RSS)):
-            if write_ahead and not ship_files and _spoolable(out_fd):
+            if write_ahead and not ship_files:
                 # pre-read pages go into the image file itself, after room
                 # for the state records
                 spool = precopy.Spool(out_fd, _state_room(t, max_contents))
@@ -1273,7 +1252,7 @@ def grab(pid: int, out_fd: int, finish: str = "kill",
             # pre-reading did not start or wrote nothing: no room to keep
             cache = None if cache is spool else cache
             spool = None
-        if spool is not None and spool.entries:
+        if spool is not None:
             try:            # on a disk, the sync at the end then has little left to do
                 os.fdatasync(out_fd)
             except OSError:

@@ -114,6 +114,12 @@ def take_locks(fd: int, rec: dict) -> list[dict]:
     return posix
 
 
+def queued_bytes(fd: int) -> int:
+    """FIONREAD of fd: the bytes waiting to be read (a pipe, a stream
+    socket, a tty) or the next datagram's size."""
+    return struct.unpack("i", fcntl.ioctl(fd, FIONREAD, bytes(4)))[0]
+
+
 def take_fd(pid: int, fd: int) -> int:
     """A duplicate, in umig, of pid's fd (pidfd_getfd): the same open file
     description, to look at without changing the process.  The pidfd is
@@ -147,15 +153,15 @@ def _pidfd(pid: int):
         os.close(pidfd)
 
 
-def probe(pid: int, info: FdInfo, sock: bool):
-    """The struct umig_fdprobe of info's socket or pipe: the one the scan
-    read, or read now (the same native call); raises what stopped it."""
+def probe(pid: int, info: FdInfo):
+    """The struct umig_fdprobe of info's socket: the one the scan read, or
+    read now (the same native call); raises what stopped it."""
     from .native import ffi, lib
     p = info.probe
     if p is None:
         p = ffi.new("struct umig_fdprobe *")
         with _pidfd(pid) as pidfd:
-            lib.umig_fd_probe(pidfd, info.fd, 1 if sock else 0, p)
+            lib.umig_fd_probe(pidfd, info.fd, 1, p)
         info.probe = p
     if p.err:
         raise from_oserror(OSError(p.err, os.strerror(p.err)),
@@ -443,8 +449,7 @@ class PtyMaster(FdKind):
                 try:
                     modes = (fcntl.ioctl(slave, TCGETS, bytes(TERMIOS_SIZE))
                              + fcntl.ioctl(slave, TIOCGWINSZ, bytes(WINSIZE_SIZE)))
-                    waiting = [struct.unpack("i", fcntl.ioctl(x, FIONREAD, bytes(4)))[0]
-                               for x in (ours, slave)]
+                    waiting = [queued_bytes(x) for x in (ours, slave)]
                 finally:
                     os.close(slave)
         finally:
@@ -720,7 +725,7 @@ class Inotify(_AnonKind):
         import json
         ours = take_fd(pid, info.fd)
         try:
-            queued = struct.unpack("i", fcntl.ioctl(ours, FIONREAD, b"\0" * 4))[0]
+            queued = queued_bytes(ours)
         finally:
             os.close(ours)
         if queued:
@@ -1396,7 +1401,7 @@ class InetSocket(FdKind):
     def describe(cls, pid: int, info: FdInfo) -> dict:
         import json
         fd = info.fd
-        p = probe(pid, info, True)
+        p = probe(pid, info)
         family, stype = p.family, p.type
         what = f"a socket ({info.target})"
         if family not in (socket.AF_INET, socket.AF_INET6) or stype not in (
@@ -1543,9 +1548,7 @@ class Fifo(FdKind):
             # read-write: opens without waiting for the other side, and keeps
             # the pipe (and the bytes written back) alive until the process has it
             both = ctx.fifos[key] = ctx.keep(_open(rec["path"], {**rec, "flags": os.O_RDWR}))
-            data = memoryview(rec["state"])
-            while data:
-                data = data[os.write(both, data):]
+            write_all(both, rec["state"])
         fd = _reopen(both, rec["flags"] | os.O_NONBLOCK)
         if not rec["flags"] & os.O_NONBLOCK:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
@@ -1838,7 +1841,7 @@ def _pipe_contents(pid: int, fd: int, ino: int) -> dict:
     r = w = -1
     try:
         size = fcntl.fcntl(src, F_GETPIPE_SZ)
-        queued = struct.unpack("i", fcntl.ioctl(src, FIONREAD, b"\0" * 4))[0]
+        queued = queued_bytes(src)
         data = b""
         if queued:
             r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -1964,6 +1967,7 @@ def _scan(pid: int, pidfd: int, fds: list[int]):
 _FDSTAT = struct.Struct("<iiIIQQQQqQIIIIIi")
 
 
+@functools.cache
 def _fdstat_struct() -> struct.Struct:
     """_FDSTAT padded to the C struct's size, checked against its layout."""
     from .native import ffi

@@ -6,19 +6,21 @@ userfaultfd in asynchronous write-protect mode (KERNEL-NOTES.md, "Dirty
 tracking without soft-dirty"): a `userfaultfd()` injected into the process
 is taken with pidfd_getfd and closed there again; from here its private
 VMAs are registered for write-protection and their present pages
-protected.  The process never blocks on it (WP_ASYNC: the kernel resolves
-the fault and clears the page's protection bit), and PAGEMAP_SCAN reports
-the pages whose bit is gone as WRITTEN.  Closing the fd ends the registration, so a umig that dies
-leaves nothing behind.
+protected.  The process never blocks on it (WP_ASYNC: the kernel
+resolves the fault and clears the page's protection bit), and
+PAGEMAP_SCAN reports the pages whose bit is gone as WRITTEN.  Closing the
+fd ends the registration, so a umig that dies leaves nothing behind.
 
-The image format does not change: the state records still come first, so
-the pre-read chunks wait here, in memory, up to a budget, and are written
-after the freeze in place of the chunks grab would have read then.  A
-cached chunk is used only if it lists exactly the same pages as the chunk
-grab makes at the freeze, every one of them lies in a VMA still registered
-(munmap, a new mmap and mremap all drop the registration) and none was
-written, swapped out or dropped since it was protected.  Anything else is
-read again, frozen.
+The state records come first in an image, so the pre-read chunks wait
+until they are written: into a pipe, here in memory, up to a budget
+(Cache), written after the freeze in place of the chunks grab would have
+read then; into an image file, in the file itself, after room kept for
+the state records (Spool, ImageWriter.adopt).  A pre-read chunk is used
+only if it lists exactly the same pages as the chunk grab makes at the
+freeze, every one of them lies in a VMA still registered (munmap, a new
+mmap and mremap all drop the registration) and none was written, swapped
+out or dropped since it was protected.  Anything else is read again,
+frozen.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 import struct
 
 from .image import schema
-from .image.stream import FLAG_OPTIONAL, PAGES_HEAD, PageChunk, crc32c
+from .image.stream import PAD_FRAME, PAGES_HEAD, PageChunk, pad_frame
 from .native import PAGE, ffi, lib, syscall
 
 NR_close, NR_userfaultfd, NR_pidfd_getfd = 3, 323, 438
@@ -49,7 +51,6 @@ UFFDIO_API = _iowr(0x3F, 24)
 UFFDIO_REGISTER = _iowr(0x00, 32)
 UFFDIO_WRITEPROTECT = _iowr(0x06, 24)
 
-PAD_FRAME = 12           # frame head and checksum of a PAD record: its least size
 BUDGET = 40 << 20        # bytes of pre-read chunks kept (umig stays under 100 MiB)
 MIN_RSS = 16 << 20       # below this a frozen read is as quick as the set-up
 
@@ -191,7 +192,7 @@ class SpoolEntry:
 
     def __init__(self, offset: int, pc: PageChunk, pages: int):
         self.offset = offset
-        self.length = len(pc.head) + sum(len(p) for p in pc.parts) + len(pc.crc)
+        self.length = pc.length
         self.head, self.crc, self.npages, self.pages = pc.head, pc.crc, pc.npages, pages
         self.data_len = len(pc.parts[2])
         self.kept = False
@@ -285,18 +286,14 @@ class Spool:
         e = self._stale.get(_key(chunk))
         if e is None:
             return None
-        n = len(pc.head) + sum(len(p) for p in pc.parts) + len(pc.crc)
-        room = e.length - n
+        room = e.length - pc.length
         if room < 0 or 0 < room < PAD_FRAME:
             return None
         del self._stale[_key(chunk)]
         parts = [pc.head, *pc.parts, pc.crc]
         if room:
-            fill = bytes(room - PAD_FRAME)
-            head = struct.pack("<HHI", schema.PAD.tag, FLAG_OPTIONAL, len(fill))
-            crc = struct.pack("<I", crc32c(head, fill))
-            parts += [head, fill, crc]
-            e.pad = (head, crc)
+            e.pad = pad_frame(room - PAD_FRAME)
+            parts += [e.pad[0], bytes(room - PAD_FRAME), e.pad[1]]
         self._pwrite(parts, e.offset)
         e.head, e.crc, e.npages, e.pages = pc.head, pc.crc, pc.npages, pages
         e.data_len = len(pc.parts[2])

@@ -800,13 +800,15 @@ int64_t umig_fd_scan(int pid, int pidfd, const int32_t *fds, uint32_t n,
         }
         o->info_off = used;
         ssize_t got;
+        uint64_t want;
         /* fdinfo is one seq_file record: a read shorter than asked is all
          * of it (saves a second read per fd) */
-        while ((got = read(f, text + used, textlen - used)) > 0) {
-            used += got;
-            if ((uint64_t)got < textlen - (used - got) && used < textlen)
-                break;
-        }
+        do {
+            want = textlen - used;
+            got = read(f, text + used, want);
+            if (got > 0)
+                used += got;
+        } while (got > 0 && (uint64_t)got == want);
         if (got < 0)
             o->err = errno;
         else if (used == textlen)

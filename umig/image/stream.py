@@ -30,6 +30,7 @@ FRAME = struct.Struct("<HHI")
 CRC = struct.Struct("<I")
 PAGES_HEAD = struct.Struct("<IIII")      # round, flags, raw_len, nruns
 FLAG_OPTIONAL = 1
+PAD_FRAME = FRAME.size + CRC.size      # a PAD record's least size (no payload)
 MAX_RECORD = 1 << 30
 
 
@@ -68,6 +69,13 @@ def zero_range(fd: int, offset: int, n: int) -> None:
         k = os.pwrite(fd, memoryview(_ZEROS)[:min(n, len(_ZEROS))], offset)
         offset += k
         n -= k
+
+
+def pad_frame(n: int) -> tuple[bytes, bytes]:
+    """Frame head and checksum of a PAD record of n zero bytes (PAD_FRAME
+    more in all), without the zeros themselves."""
+    head = FRAME.pack(schema.PAD.tag, FLAG_OPTIONAL, n)
+    return head, CRC.pack(crc32c_zeros(crc32c(head), n))
 
 
 HOLD_BELOW = 256 << 10
@@ -167,15 +175,14 @@ class ImageWriter:
         does not fit in what is left."""
         self.flush()
         gap = offset - self.offset
-        if gap and gap < FRAME.size + CRC.size:
+        if gap and gap < PAD_FRAME:
             raise NoRoom(self.offset)
         self.limit = None
         if gap:
             # zeros, as a hole where the file has one (the room was never
             # written): no buffer of them, nothing to write but head and crc
-            n = gap - FRAME.size - CRC.size
-            head = FRAME.pack(schema.PAD.tag, FLAG_OPTIONAL, n)
-            crc = CRC.pack(crc32c_zeros(crc32c(head), n))
+            n = gap - PAD_FRAME
+            head, crc = pad_frame(n)
             if self._seekable():
                 zero_range(self.fd, self.offset + FRAME.size, n)
                 os.pwrite(self.fd, head, self.offset)
@@ -222,10 +229,9 @@ class ImageWriter:
             else:
                 # the old pages go (nothing written over in memory stays in
                 # the image): their bytes become zeros, a PAD's payload
-                length = e.length - FRAME.size - CRC.size
+                length = e.length - PAD_FRAME
                 zero_range(self.fd, e.offset + FRAME.size, length)
-                head = FRAME.pack(schema.PAD.tag, FLAG_OPTIONAL, length)
-                crc = CRC.pack(crc32c_zeros(crc32c(head), length))
+                head, crc = pad_frame(length)
                 if (os.pwrite(self.fd, head, e.offset) != len(head)
                         or os.pwrite(self.fd, crc, e.offset + e.length - CRC.size) != len(crc)):
                     raise OSError(errno.EIO, "short write")
@@ -270,6 +276,11 @@ class PageChunk:
     parts: list
     crc: bytes
     npages: int
+
+    @property
+    def length(self) -> int:
+        """Bytes of its whole frame in the image."""
+        return len(self.head) + sum(len(p) for p in self.parts) + len(self.crc)
 
 
 def page_chunk_frame(round_: int, runs, nruns: int, data, raw_len: int, lz4: bool,
